@@ -1,0 +1,186 @@
+"""Pool-wide pacing: RPM/TPM limits, the 429 pause, and adaptive concurrency.
+
+- RPM and TPM use :mod:`aiolimiter` (a maintained leaky bucket). RPM is set up
+  as a bucket of one request refilled every ``60/rpm`` seconds (plus 2 %), so no
+  60-second window, measured anywhere, holds more than ``rpm`` requests: a
+  bucket of ``rpm`` would allow a burst of ``rpm`` and then ``rpm`` more.
+- :class:`PauseGate` holds every new attempt while the gateway has asked the
+  whole key to wait (Retry-After on a 429, or our own back-off once 429s are
+  more than an accident).
+- :class:`AdaptiveLimit` is AIMD over rounds: a round ends after ``limit``
+  completions (at least 20); a round with more than 2 % (and two or more)
+  rate-limited answers cuts the limit in
+  proportion to that share (at least 10 %), a round whose mean latency tripled
+  over the best seen cuts it by 10 %, and a clean round adds one. Judging whole
+  rounds rather than single 429s keeps a stray 429 from collapsing the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from aiolimiter import AsyncLimiter
+
+from .retry import backoff
+
+RATE_LIMIT_SHARE = 0.02
+MIN_ROUND = 20  # completions; a smaller round would read one stray 429 as a trend
+LATENCY_FACTOR = 3.0
+
+
+class PauseGate:
+    """Holds new attempts until the pool-wide pause is over."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self.pauses = 0
+
+    def pause(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        if until > self._until:
+            self._until = until
+            self.pauses += 1
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self._until - time.monotonic())
+
+    async def wait(self) -> None:
+        while (delay := self._until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+
+
+class AdaptiveLimit:
+    """A semaphore whose size moves between 1 and ``maximum`` (AIMD, see module doc)."""
+
+    def __init__(self, maximum: int, *, adaptive: bool = True, initial: int | None = None) -> None:
+        self.maximum = maximum
+        self.adaptive = adaptive
+        self.limit = float(initial or maximum)
+        self.in_flight = 0
+        self.max_seen = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._round_done = 0
+        self._round_limited = 0
+        self._round_latency = 0.0
+        self._best_latency: float | None = None
+        self.cuts = 0
+
+    @property
+    def current(self) -> int:
+        return max(1, int(self.limit))
+
+    async def acquire(self) -> None:
+        while self.in_flight >= self.current:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+                raise
+        self.in_flight += 1
+        if self.in_flight > self.max_seen:
+            self.max_seen = self.in_flight
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.current - self.in_flight
+        while free > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
+
+    def record(self, *, rate_limited: bool, latency: float | None) -> bool:
+        """Account one completed attempt; True when this closed a round with a cut."""
+        if not self.adaptive:
+            return False
+        self._round_done += 1
+        if rate_limited:
+            self._round_limited += 1
+        elif latency is not None:
+            self._round_latency += latency
+        if self._round_done < max(self.current, MIN_ROUND):
+            return False
+        done, limited = self._round_done, self._round_limited
+        answered = done - limited
+        mean = self._round_latency / answered if answered else None
+        self._round_done = self._round_limited = 0
+        self._round_latency = 0.0
+        share = limited / done
+        cut = False
+        if share > RATE_LIMIT_SHARE and limited >= 2:
+            self.limit = max(1.0, self.limit * (1.0 - max(0.1, share / 2)))
+            cut = True
+        elif mean is not None and self._best_latency and mean > LATENCY_FACTOR * self._best_latency:
+            self.limit = max(1.0, self.limit * 0.9)
+            cut = True
+        else:
+            self.limit = min(float(self.maximum), self.limit + 1.0)
+        if mean is not None and (self._best_latency is None or mean < self._best_latency):
+            self._best_latency = mean
+        if cut:
+            self.cuts += 1
+        self._wake()
+        return cut
+
+
+class Pacer:
+    """Everything an attempt waits for before it is sent."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        adaptive: bool,
+        rpm: int | None,
+        tpm: int | None,
+        backoff_initial: float,
+        backoff_max: float,
+    ) -> None:
+        self.gate = PauseGate()
+        self.slots = AdaptiveLimit(concurrency, adaptive=adaptive)
+        self._rpm = AsyncLimiter(1, 60.0 / rpm * 1.02) if rpm else None
+        self._tpm = AsyncLimiter(tpm, 60.0) if tpm else None
+        self._tpm_max = tpm or 0
+        self._backoff = (backoff_initial, backoff_max)
+        self._cuts_in_a_row = 0
+        self._tokens_seen = 0
+        self._answers_seen = 0
+
+    async def before_attempt(self, estimate_tokens: int) -> None:
+        await self.gate.wait()
+        if self._rpm is not None:
+            await self._rpm.acquire()
+        if self._tpm is not None:
+            await self._tpm.acquire(min(self.token_estimate(estimate_tokens), self._tpm_max))
+
+    def token_estimate(self, estimate: int) -> int:
+        """Our estimate until answers arrive; then the mean of real usage, with margin,
+        because gpt-4o-all bills the fetched file's tokens we cannot see."""
+        if self._answers_seen >= 10:
+            return max(estimate, int(1.2 * self._tokens_seen / self._answers_seen))
+        return estimate
+
+    def answered(self, total_tokens: int | None, latency: float) -> None:
+        if total_tokens:
+            self._tokens_seen += total_tokens
+            self._answers_seen += 1
+        self._cuts_in_a_row = 0
+        self.slots.record(rate_limited=False, latency=latency)
+
+    def failed(self, *, rate_limited: bool, retry_after: float | None) -> None:
+        if retry_after is not None and rate_limited:
+            self.gate.pause(retry_after)
+        cut = self.slots.record(rate_limited=rate_limited, latency=None)
+        if cut and rate_limited:
+            self._cuts_in_a_row += 1
+            if retry_after is None:
+                self.gate.pause(backoff(self._cuts_in_a_row, *self._backoff))

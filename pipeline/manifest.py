@@ -1,0 +1,316 @@
+"""Reading and validating manifests (CSV or Parquet), streamed in record batches.
+
+Decisions a user may want to know (also in the README):
+
+- CSV columns are all read as text, so ``007`` stays ``007`` in the output and a
+  late block never disagrees with the types guessed from an early one.
+- ``file_url`` may be called ``url`` or ``file``; ``question`` may be called
+  ``prompt``; ``id`` is optional. A job file can name other columns.
+- A passthrough column whose name collides with an output column (``status``,
+  ``answer``, ...) is renamed ``input_<name>``.
+- ``request_id`` is the ``id`` column when present (it must be unique), otherwise
+  a hash of what is sent (model, system message, parameters, message content),
+  so tomorrow's run of a grown manifest recognises today's finished rows.
+- Row numbers in messages count data rows from 1 (the header is not a row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from urllib.parse import urlsplit
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .config import DEFAULT_TEMPLATE, JobConfig
+from .errors import ManifestError
+from .records import Row
+
+URL_ALIASES = ("file_url", "url", "file")
+QUESTION_ALIASES = ("question", "prompt")
+ID_ALIASES = ("id",)
+
+#: Output columns a passthrough column must not shadow (see results.RESULT_FIELDS).
+RESERVED = {
+    "request_id", "file_url", "question", "model", "response_model", "answer",
+    "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
+    "usage_estimated", "status", "error_type", "error_message", "http_status",
+    "attempts", "latency_ms", "started_at", "completed_at", "response_id",
+    "gateway_request_id", "run_id", "cost_usd",
+}  # fmt: skip
+
+_CSV_BLOCK = 1 << 20
+
+
+def detect_format(path: str, override: str | None = None) -> str:
+    if override:
+        if override not in ("csv", "parquet"):
+            raise ManifestError(f"{path}: unknown manifest format {override!r} (csv or parquet)")
+        return override
+    suffix = Path(path).suffix.lower()
+    if suffix in (".csv", ".txt"):
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise ManifestError(
+        f"{path}: cannot tell the manifest format from the extension {suffix!r}; "
+        "use .csv or .parquet, or pass --format"
+    )
+
+
+def _pick(names: list[str], wanted: str | None, aliases: tuple[str, ...], what: str, path: str) -> str | None:
+    if wanted:
+        if wanted not in names:
+            raise ManifestError(f"{path}: column {wanted!r} (for {what}) not found; columns are {names}")
+        return wanted
+    lowered = {n.strip().lower(): n for n in names}
+    for alias in aliases:
+        if alias in lowered:
+            return lowered[alias]
+    return None
+
+
+@dataclass(frozen=True)
+class Columns:
+    file_url: str
+    question: str
+    id: str | None
+    passthrough: tuple[str, ...]  # manifest names, in manifest order
+    output_names: tuple[str, ...]  # what each passthrough column is called in the results
+
+
+class Manifest:
+    """A validated manifest; iterate it as many times as needed (run, compaction)."""
+
+    def __init__(self, path: str, cfg: JobConfig) -> None:
+        self.path = str(path)
+        self.cfg = cfg
+        self.format = detect_format(self.path, cfg.manifest_format)
+        p = Path(self.path)
+        if not p.exists():
+            raise ManifestError(f"{self.path}: manifest not found")
+        if not p.is_file():
+            raise ManifestError(f"{self.path}: not a file")
+        if p.stat().st_size == 0:
+            raise ManifestError(f"{self.path}: manifest is empty")
+        self.schema = self._read_schema()
+        names = list(self.schema.names)
+        url = _pick(names, cfg.file_url_column, URL_ALIASES, "file_url", self.path)
+        question = _pick(names, cfg.question_column, QUESTION_ALIASES, "question", self.path)
+        missing = [w for w, c in (("file_url (or url, file)", url), ("question (or prompt)", question)) if c is None]
+        if missing:
+            raise ManifestError(f"{self.path}: missing column {' and '.join(missing)}; columns are {names}")
+        assert url is not None and question is not None
+        ident = _pick(names, cfg.id_column, ID_ALIASES, "id", self.path)
+        passthrough = tuple(n for n in names if n not in (url, question))
+        output = tuple(f"input_{n}" if n in RESERVED else n for n in passthrough)
+        self.columns = Columns(url, question, ident, passthrough, output)
+        self._template_fields = self._check_template(cfg.template, names)
+        prefix = orjson.dumps(
+            [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE],
+            option=orjson.OPT_SORT_KEYS,
+        )
+        self._hash_prefix = prefix + b"\x1e"
+        self.num_rows = self._prepass()
+        if self.num_rows == 0:
+            raise ManifestError(f"{self.path}: manifest has a header but no rows")
+
+    # -- opening -------------------------------------------------------------
+
+    def _read_schema(self) -> pa.Schema:
+        try:
+            if self.format == "parquet":
+                return pq.read_schema(self.path)
+            reader = pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK))
+            schema = reader.schema
+            reader.close()
+            return schema
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ManifestError(f"{self.path}: cannot read as {self.format}: {_short(e)}") from None
+
+    def _check_template(self, template: str, names: list[str]) -> tuple[str, ...]:
+        if template == DEFAULT_TEMPLATE:
+            return ()
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as e:
+            raise ManifestError(f"prompt template {template!r} is malformed: {e}") from None
+        known = set(names) | {"file_url", "question"}
+        for f in fields:
+            if f == "" or f not in known:
+                raise ManifestError(
+                    f"prompt template names column {{{f}}}, which {self.path} does not have; "
+                    f"columns are {names}"
+                )
+        return tuple(dict.fromkeys(fields))
+
+    def _raw_batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        size = self.cfg.batch_rows
+        try:
+            if self.format == "parquet":
+                pf = pq.ParquetFile(self.path)
+                yield from pf.iter_batches(batch_size=size, columns=columns)
+                return
+            reader = pacsv.open_csv(
+                self.path,
+                read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in self.schema.names},
+                    include_columns=columns,
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+            for batch in reader:
+                for start in range(0, batch.num_rows, size):
+                    yield batch.slice(start, size)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ManifestError(f"{self.path}: cannot read as {self.format}: {_short(e)}") from None
+
+    def _prepass(self) -> int:
+        """Count rows, prove the whole file decodes, and check ids are unique, before
+        a single request is sent (a decode error at row 900 000 must not end a night)."""
+        c = self.columns
+        if self.format == "parquet" and c.id is None:
+            return pq.ParquetFile(self.path).metadata.num_rows
+        cols = [c.id] if c.id else None
+        count = 0
+        ids: list[pa.Array] = []
+        for batch in self._raw_batches(cols):
+            count += batch.num_rows
+            if c.id:
+                ids.append(batch.column(c.id).cast(pa.string()))
+        if c.id and ids:
+            all_ids = pa.chunked_array(ids)
+            nulls = all_ids.null_count + pc.sum(pc.equal(all_ids, "")).as_py()
+            if nulls:
+                first = pc.index(pc.fill_null(all_ids, ""), "").as_py()
+                raise ManifestError(f"{self.path}: column {c.id!r} is empty at row {first + 1}")
+            if pc.count_distinct(all_ids).as_py() != len(all_ids):
+                counts = pc.value_counts(all_ids)
+                dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]
+                value = dup["values"].as_py()
+                rows = [i + 1 for i in pc.indices_nonzero(pc.equal(all_ids, value)).to_pylist()[:5]]
+                raise ManifestError(
+                    f"{self.path}: duplicate id {value!r} in column {c.id!r} at rows {rows} "
+                    f"({len(pc.filter(counts, pc.greater(counts.field('counts'), 1)))} ids repeat)"
+                )
+        return count
+
+    # -- iteration -----------------------------------------------------------
+
+    def _content(self, url: str, question: str, record: dict[str, object] | None) -> str:
+        if record is None:
+            return f"{url} {question}"
+        values = dict(record)
+        values["file_url"] = url
+        values["question"] = question
+        return self.cfg.template.format_map({k: "" if v is None else v for k, v in values.items()})
+
+    def request_id_for(self, content: str) -> str:
+        return hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=16).hexdigest()
+
+    def views(self) -> Iterator[tuple[pa.RecordBatch, pa.Array, list[str]]]:
+        """Yield (batch, request_ids, contents) for every manifest row in scope
+        (after --shard and --limit), in manifest order."""
+        c = self.columns
+        limit = self.cfg.limit
+        seen = 0
+        index = 0
+        shard = self.cfg.shard
+        for batch in self._raw_batches():
+            if limit is not None and seen >= limit:
+                return
+            urls = _as_text(batch.column(c.file_url))
+            questions = _as_text(batch.column(c.question))
+            extra = (
+                batch.select([f for f in self._template_fields if f in batch.schema.names]).to_pylist()
+                if self._template_fields
+                else None
+            )
+            contents = [
+                self._content(u, q, extra[i] if extra is not None else None)
+                for i, (u, q) in enumerate(zip(urls, questions))
+            ]
+            if c.id:
+                ids = batch.column(c.id).cast(pa.string())
+            else:
+                ids = pa.array([self.request_id_for(x) for x in contents], pa.string())
+            indices = pa.array(range(index, index + batch.num_rows), pa.int64())
+            index += batch.num_rows
+            batch = batch.append_column("__row_index", indices)
+            if shard is not None:
+                k, n = shard
+                keep = pa.array([_shard_of(i, n) == k - 1 for i in ids.to_pylist()])
+                batch, ids = batch.filter(keep), ids.filter(keep)
+                contents = [x for x, m in zip(contents, keep.to_pylist()) if m]
+            if limit is not None and seen + batch.num_rows > limit:
+                take = limit - seen
+                batch, ids, contents = batch.slice(0, take), ids.slice(0, take), contents[:take]
+            seen += batch.num_rows
+            if batch.num_rows:
+                yield batch, ids, contents
+
+    def rows(self, skip: pa.Array | None = None) -> Iterator[list[Row]]:
+        """Batches of rows to process, minus those whose request_id is in ``skip``."""
+        c = self.columns
+        for batch, ids, contents in self.views():
+            if skip is not None and len(skip):
+                keep = pc.invert(pc.is_in(ids, value_set=skip))
+                if not pc.any(keep).as_py():
+                    continue
+                positions = pc.indices_nonzero(keep).to_pylist()
+            else:
+                positions = range(batch.num_rows)
+            urls = _as_text(batch.column(c.file_url))
+            questions = _as_text(batch.column(c.question))
+            row_index = batch.column("__row_index").to_pylist()
+            id_list = ids.to_pylist()
+            out = []
+            for i in positions:
+                url, q = urls[i], questions[i]
+                out.append(
+                    Row(
+                        index=row_index[i],
+                        request_id=id_list[i],
+                        file_url=url,
+                        question=q,
+                        content=contents[i],
+                        invalid=_invalid(url, q),
+                    )
+                )
+            yield out
+
+
+def _as_text(col: pa.Array | pa.ChunkedArray) -> list[str]:
+    if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+        col = col.cast(pa.string())
+    return ["" if v is None else v for v in col.to_pylist()]
+
+
+def _invalid(url: str, question: str) -> str | None:
+    u = url.strip()
+    if not u:
+        return "file_url is empty"
+    if not u.lower().startswith(("http://", "https://")) or not urlsplit(u).netloc or " " in u:
+        return f"file_url is not an http(s) URL: {u[:80]!r}"
+    if not question.strip():
+        return "question is empty"
+    return None
+
+
+def _shard_of(request_id: str, n: int) -> int:
+    digest = hashlib.blake2b(request_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

@@ -1,0 +1,421 @@
+"""The run directory: durable outcome journal, compaction, resume, output schema.
+
+::
+
+    OUT/results.parquet   one row per manifest row that has an outcome, manifest order
+    OUT/_run.json         run metadata (underscore: pd.read_parquet(OUT) must skip it)
+    OUT/_journal/         part-000000001.parquet, ...: every outcome, in order
+    OUT/.lock             held while a run writes here
+
+Why Parquet parts for the journal rather than an append log: each part is
+written to a temp file, fsync'd and renamed, so a crash at any instant leaves
+only whole, typed, columnar files; resume reads just the ``request_id`` and
+``status`` columns of them; and compaction needs no parser of its own. A part is
+written every ``flush_interval`` (1 s) when there is anything to write, so an
+answer is durable about a second after it arrives. After each compaction the
+parts are folded into one, so the folder does not grow night after night.
+
+The latest outcome for a ``request_id`` wins; parts are ordered by their
+sequence number and rows within a part by arrival.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import StorageError
+from .records import Outcome
+
+RESULTS_FILE = "results.parquet"
+RUN_FILE = "_run.json"
+JOURNAL_DIR = "_journal"
+LOCK_FILE = ".lock"
+_PART = re.compile(r"^part-(\d{9})\.parquet$")
+TS = pa.timestamp("us", tz="UTC")
+
+#: Journal columns, in order; every one is an Outcome field except run_id and model.
+JOURNAL_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("row_index", pa.int64()),
+        ("model", pa.string()),
+        ("response_model", pa.string()),
+        ("answer", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("total_tokens", pa.int64()),
+        ("usage_estimated", pa.bool_()),
+        ("status", pa.string()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("http_status", pa.int16()),
+        ("attempts", pa.int16()),
+        ("latency_ms", pa.float64()),
+        ("started_at", TS),
+        ("completed_at", TS),
+        ("response_id", pa.string()),
+        ("gateway_request_id", pa.string()),
+        ("run_id", pa.string()),
+        ("cost_usd", pa.float64()),
+    ]
+)
+
+#: Columns of results.parquet after request_id, file_url, question and the passthrough ones.
+OUTCOME_COLUMNS = [n for n in JOURNAL_SCHEMA.names if n not in ("request_id", "row_index")]
+_NULLABLE_INTS = {"prompt_tokens": "Int64", "completion_tokens": "Int64", "total_tokens": "Int64",
+                  "http_status": "Int16", "attempts": "Int16"}  # fmt: skip
+
+
+def pandas_metadata(names: Iterable[str]) -> dict[bytes, bytes]:
+    """Schema metadata that makes ``pd.read_parquet`` give nullable Int64/Int16
+    token and status columns without any ``dtype_backend`` argument."""
+    cols = [
+        {"name": n, "field_name": n, "pandas_type": dtype.lower(), "numpy_type": dtype, "metadata": None}
+        for n in names
+        if (dtype := _NULLABLE_INTS.get(n))
+    ]
+    meta = {
+        "index_columns": [],
+        "column_indexes": [],
+        "columns": cols,
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
+    }
+    return {b"pandas": json.dumps(meta).encode()}
+
+
+def outcomes_to_table(outcomes: Sequence[Outcome], run_id: str, model: str) -> pa.Table:
+    n = len(outcomes)
+    arrays: list[pa.Array] = []
+    for field in JOURNAL_SCHEMA:
+        name = field.name
+        if name == "run_id":
+            arrays.append(pa.array([run_id] * n, pa.string()))
+        elif name == "model":
+            arrays.append(pa.array([model] * n, pa.string()))
+        elif name in ("started_at", "completed_at"):
+            values = [round(v * 1e6) for v in map(attrgetter(name), outcomes)]
+            arrays.append(pa.array(values, pa.int64()).cast(TS))
+        else:
+            arrays.append(pa.array(list(map(attrgetter(name), outcomes)), field.type))
+    return pa.Table.from_arrays(arrays, schema=JOURNAL_SCHEMA)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write temp, fsync, rename, fsync folder: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 would hide results from other analysts
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_table(path: Path, tables: Iterable[pa.Table | pa.RecordBatch], schema: pa.Schema) -> int:
+    """Stream tables into ``path`` atomically; returns rows written."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
+    os.close(fd)
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for t in tables:
+                if t.num_rows:
+                    if isinstance(t, pa.RecordBatch):
+                        t = pa.Table.from_batches([t], schema=schema)
+                    writer.write_table(t)
+                    rows += t.num_rows
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return rows
+
+
+def _unlink(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class RunDir:
+    """An output folder: its journal parts, results file and metadata."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.journal = self.path / JOURNAL_DIR
+        self.results = self.path / RESULTS_FILE
+        self.run_file = self.path / RUN_FILE
+        self._lock_fd: int | None = None
+
+    # -- setup ---------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the folder, prove it writable, take the lock, sweep stale temp files."""
+        try:
+            self.journal.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-probe"
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+                f.flush()
+                os.fsync(f.fileno())
+            probe.unlink()
+        except OSError as e:
+            raise StorageError(f"{self.path}: output folder is not writable: {e.strerror or e}") from None
+        self._lock()
+        for folder in (self.path, self.journal):
+            for p in folder.glob(".*.tmp"):
+                _unlink(p)
+
+    def _lock(self) -> None:
+        import fcntl
+
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageError(f"{self.path}: another docpipe run is writing to this folder") from None
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- journal -------------------------------------------------------------
+
+    def parts(self) -> list[Path]:
+        if not self.journal.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.journal.iterdir() if (m := _PART.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def next_seq(self) -> int:
+        parts = self.parts()
+        return int(_PART.match(parts[-1].name).group(1)) + 1 if parts else 1  # type: ignore[union-attr]
+
+    def write_part(self, seq: int, table: pa.Table) -> Path:
+        path = self.journal / f"part-{seq:09d}.parquet"
+        atomic_write_table(path, [table], table.schema)
+        return path
+
+    def read_journal(self, columns: list[str] | None = None) -> pa.Table:
+        tables = []
+        for p in self.parts():
+            try:
+                tables.append(pq.read_table(p, columns=columns, schema=None))
+            except (pa.ArrowInvalid, OSError) as e:
+                raise StorageError(f"{p}: journal part is unreadable: {e}") from None
+        if not tables:
+            schema = JOURNAL_SCHEMA if columns is None else pa.schema([JOURNAL_SCHEMA.field(c) for c in columns])
+            return schema.empty_table()
+        return pa.concat_tables(tables, promote_options="default")
+
+    def latest(self, columns: list[str] | None = None) -> pa.Table:
+        """The newest outcome per request_id."""
+        table = self.read_journal(columns)
+        return latest_per_id(table)
+
+    def skip_ids(self, retry_failed: bool) -> pa.Array:
+        """request_ids a run must not send again: all with an outcome, or only the ok
+        ones under --retry-failed. Vectorised: no per-row Python objects."""
+        latest = self.latest(["request_id", "status"])
+        if retry_failed:
+            latest = latest.filter(pc.equal(latest["status"], "ok"))
+        return latest["request_id"].combine_chunks()
+
+    def fold(self, latest: pa.Table) -> None:
+        """Replace all parts by one holding only the latest outcomes. Crash-safe: the new
+        part is durable before the old ones go, and duplicates resolve to the same row."""
+        old = self.parts()
+        if len(old) <= 1:
+            return
+        self.write_part(self.next_seq(), latest)
+        for p in old:
+            _unlink(p)
+        fsync_dir(self.journal)
+
+    # -- metadata ------------------------------------------------------------
+
+    def write_run_info(self, info: dict[str, Any]) -> None:
+        atomic_write_bytes(self.run_file, json.dumps(info, indent=2, default=str).encode())
+
+    def read_run_info(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.run_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def latest_per_id(table: pa.Table) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    ids = table["request_id"].combine_chunks().dictionary_encode()
+    codes = ids.indices.to_numpy(zero_copy_only=False)
+    reversed_codes = codes[::-1]
+    _, first_in_reversed = np.unique(reversed_codes, return_index=True)
+    positions = np.sort(len(codes) - 1 - first_in_reversed)
+    return table.take(pa.array(positions))
+
+
+class JournalWriter:
+    """Buffers outcomes on the event loop and writes one part per flush in a
+    dedicated thread (so parts land in order and the loop never blocks on fsync)."""
+
+    def __init__(self, run_dir: RunDir, run_id: str, model: str) -> None:
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.model = model
+        self._buffer: list[Outcome] = []
+        self._seq = run_dir.next_seq()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docpipe-journal")
+        self.written = 0
+        self.parts_written = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self._buffer.append(outcome)
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        seq = self._seq
+        self._seq += 1
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._write, seq, batch)
+        except OSError as e:
+            # keep the rows so a later flush (or the final one) can try again
+            self._buffer[:0] = batch
+            raise StorageError(f"{self.run_dir.journal}: cannot write the journal: {e.strerror or e}") from None
+
+    def flush_sync(self) -> None:
+        """Last-chance flush from a signal path, outside the event loop."""
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            self._write(self._seq, batch)
+            self._seq += 1
+
+    def _write(self, seq: int, batch: list[Outcome]) -> None:
+        table = outcomes_to_table(batch, self.run_id, self.model)
+        self.run_dir.write_part(seq, table)
+        self.written += len(batch)
+        self.parts_written += 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def output_schema(manifest_fields: Sequence[pa.Field]) -> pa.Schema:
+    fields = [pa.field("request_id", pa.string()), pa.field("file_url", pa.string()),
+              pa.field("question", pa.string()), *manifest_fields]  # fmt: skip
+    fields += [JOURNAL_SCHEMA.field(n) for n in OUTCOME_COLUMNS]
+    schema = pa.schema(fields)
+    return schema.with_metadata(pandas_metadata(schema.names))
+
+
+def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = 65536) -> int:
+    """Rebuild results.parquet from the journal in manifest order; fold the journal.
+
+    Memory holds the latest outcomes and one manifest chunk, never the joined table.
+    Returns the number of rows written."""
+    latest = run_dir.latest()
+    cols = manifest.columns
+    passthrough_fields = [
+        pa.field(out, manifest.schema.field(src).type if manifest.format == "parquet" else pa.string())
+        for src, out in zip(cols.passthrough, cols.output_names)
+    ]
+    schema = output_schema(passthrough_fields)
+    outcome_ids = latest["request_id"].combine_chunks()
+    outcome_cols = latest.select(OUTCOME_COLUMNS)
+
+    def batches() -> Iterable[pa.Table]:
+        pending: list[tuple[pa.RecordBatch, pa.Array]] = []
+        size = 0
+        for batch, ids, _contents in manifest.views():
+            pending.append((batch, ids))
+            size += batch.num_rows
+            if size >= chunk_rows:
+                yield _join(pending, outcome_ids, outcome_cols, cols, schema)
+                pending, size = [], 0
+        if pending:
+            yield _join(pending, outcome_ids, outcome_cols, cols, schema)
+
+    rows = atomic_write_table(run_dir.results, batches(), schema)
+    run_dir.fold(latest)
+    return rows
+
+
+def _join(
+    pending: list[tuple[pa.RecordBatch, pa.Array]],
+    outcome_ids: pa.Array,
+    outcome_cols: pa.Table,
+    cols: Any,
+    schema: pa.Schema,
+) -> pa.Table:
+    table = pa.Table.from_batches([b for b, _ in pending])
+    ids = pa.chunked_array([i for _, i in pending], pa.string()).combine_chunks()
+    where = pc.index_in(ids, value_set=outcome_ids)
+    has = pc.is_valid(where)
+    table, ids, where = table.filter(has), ids.filter(has), where.filter(has)
+    taken = outcome_cols.take(where)
+    arrays = [ids, _text(table[cols.file_url]), _text(table[cols.question])]
+    for src, field in zip(cols.passthrough, schema.names[3 : 3 + len(cols.passthrough)]):
+        arrays.append(table[src].cast(schema.field(field).type))
+    arrays += [taken[n] for n in OUTCOME_COLUMNS]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return col if pa.types.is_string(col.type) else col.cast(pa.string())
