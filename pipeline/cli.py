@@ -272,5 +272,16 @@ def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: fl
         pass
 
 
+# ----------------------------------------------------------------------------- ops commands
+# (validate, summary, diff, merge, models, quota)
+
+# ----------------------------------------------------------------------------- end of ops commands
+
+
+# ----------------------------------------------------------------------------- bench
+
+# ----------------------------------------------------------------------------- end of bench
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

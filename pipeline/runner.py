@@ -120,7 +120,7 @@ class Run:
         self.progress = progress
         self.install_signals = install_signals
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
-        self.stats = _Stats()
+        self.stats = _Stats()  # started now: time to first request counts manifest checks
         self.stop_reason: str | None = None
         self.aborted = False
         self._stopping = asyncio.Event()
@@ -128,6 +128,7 @@ class Run:
         self._no_channel_streak = 0
         self._started_at = datetime.now(timezone.utc)
         self.errors_by_type: dict[str, int] = {}
+        self.timings: dict[str, float | None] = {"first_request_s": None, "compaction_s": None}
 
     # -- stopping --------------------------------------------------------------
 
@@ -239,7 +240,9 @@ class Run:
             self.journal.close()
         if storage_error is None:
             try:
+                t0 = time.monotonic()
                 await asyncio.to_thread(compact, self.run_dir, manifest)
+                self.timings["compaction_s"] = round(time.monotonic() - t0, 4)
             except OSError as e:
                 storage_error = StorageError(f"{self.run_dir.results}: cannot write results: {e.strerror or e}")
                 self.request_stop(str(storage_error))
@@ -302,6 +305,8 @@ class Run:
                 raise _Stopped
             self.stats.requests += 1
             t0 = time.monotonic()
+            if self.timings["first_request_s"] is None:
+                self.timings["first_request_s"] = round(t0 - self.stats.started, 4)
             try:
                 completion = await self.client.complete(row)
             except RequestError as e:
@@ -547,6 +552,7 @@ class Run:
             "this_run": {"requests": self.stats.requests, "ok": self.stats.ok, "failed": self.stats.failed,
                          "prompt_tokens": self.stats.prompt, "completion_tokens": self.stats.completion,
                          "total_tokens": self.stats.tokens},  # fmt: skip
+            "timings": dict(self.timings),
             "settings": self.cfg.public(),
         }
         self.run_dir.write_run_info(info)
