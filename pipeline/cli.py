@@ -275,10 +275,255 @@ def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: fl
 # ----------------------------------------------------------------------------- ops commands
 # (validate, summary, diff, merge, models, quota)
 
+
+def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+def _gateway_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--job", type=click.Path(dir_okay=False), help="TOML job file for the gateway settings."),
+        click.option("--base-url", help="Gateway base URL [default: https://api.apicore.ai/v1]."),
+        click.option("--api-key", help="API key; better: APICORE_API_KEY or OPENAI_API_KEY in the environment."),
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                     help="Seconds per request."),  # fmt: skip
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _dumps(data: Any) -> str:
+    from .summary import dumps
+
+    return dumps(data)
+
+
+@main.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@run_options
+@click.option("--check-urls", is_flag=True, help="Also ask each document's server whether the file is there.")
+@click.option("--url-concurrency", type=click.IntRange(1), default=16, show_default=True,
+              help="URL checks in flight.")  # fmt: skip
+@click.option("--url-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds per URL check.")  # fmt: skip
+@_json_option
+@logging_options
+@_errors
+def validate(manifest: str | None, check_urls: bool, url_concurrency: int, url_timeout: float, as_json: bool,
+             log_level: str, log_format: str, **opts: Any) -> None:  # fmt: skip
+    """Check MANIFEST the way `run` would, without sending a chat request.
+
+    Takes the same options as `run`. Reports the column mapping, bad rows (data
+    rows counted from 1), duplicate requests, rows OUT already holds, and the
+    requests, prompt tokens and cost still to spend. --check-urls HEADs every
+    document URL (a 1 KiB ranged GET where HEAD is refused).
+
+    \b
+    Exit codes: 0 fine, 1 bad rows or failing URLs, 2 the file or a column is unusable.
+    \b
+    Examples:
+      docpipe validate manifest.csv --out out/tonight
+      docpipe validate --job jobs/contracts.toml --check-urls --url-timeout 5
+    """
+    from .config import read_job_file
+    from .validate import format_validation, validate as check
+
+    _setup_logging(log_level, log_format)
+    # build_config insists on an output folder (run needs one); validate reads OUT only when given
+    no_out = opts.get("out") is None and not (opts.get("job") and read_job_file(opts["job"]).get("out"))
+    if no_out:
+        opts["out"] = "."
+    cfg, _quiet = build_config(manifest, opts)
+    if no_out:
+        cfg = cfg.replace(out=None)
+    report = check(cfg, check_urls=check_urls, url_concurrency=url_concurrency, url_timeout=url_timeout)
+    click.echo(_dumps(report.to_dict()) if as_json else format_validation(report))
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True))
+@_json_option
+@_errors
+def summary(outs: tuple[str, ...], as_json: bool) -> None:
+    """Counts, tokens, cost, latency p50/p95/p99, throughput and failures of OUT folders.
+
+    Several folders (e.g. shards) are summed into one report.
+
+    \b
+    Examples:
+      docpipe summary out/tonight
+      docpipe summary out/shard-1 out/shard-2 --json
+    """
+    from .summary import format_summary_report, summarize
+
+    data = summarize(outs)
+    click.echo(_dumps(data) if as_json else format_summary_report(data))
+
+
+@main.command()
+@click.argument("out_a", type=click.Path(exists=True))
+@click.argument("out_b", type=click.Path(exists=True))
+@click.option("--out-changed", type=click.Path(dir_okay=False),
+              help="Write the changed rows (request_id, question, answer_a, answer_b) to this Parquet file.")
+@click.option("--key", type=click.Choice(["request_id", "content"]), default="request_id", show_default=True,
+              help="Pair rows by request_id, or by file_url + question (runs with different models "
+                   "and no id column).")  # fmt: skip
+@_json_option
+@_errors
+def diff(out_a: str, out_b: str, out_changed: str | None, key: str, as_json: bool) -> None:
+    """Compare two runs: changed answers, new and gone rows, tokens, cost, failure rate.
+
+    \b
+    Examples:
+      docpipe diff out/gpt-4o-all out/gpt-4-all --out-changed changed.parquet
+      docpipe diff out/monday out/tuesday --key content --json
+    """
+    from .summary import diff as compare, format_diff
+
+    data = compare(out_a, out_b, key=key, out_changed=out_changed)
+    click.echo(_dumps(data) if as_json else format_diff(data))
+
+
+@main.command()
+@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "target", required=True, type=click.Path(file_okay=False),
+              help="Folder for the merged results.parquet.")  # fmt: skip
+@_json_option
+@_errors
+def merge(outs: tuple[str, ...], target: str, as_json: bool) -> None:
+    """Concatenate output folders (e.g. shards) into one results.parquet.
+
+    A request_id found in several folders keeps its latest outcome.
+
+    \b
+    Example:
+      docpipe merge out/shard-1 out/shard-2 --out out/all
+    """
+    from .summary import merge as combine
+
+    data = combine(outs, target)
+    if as_json:
+        click.echo(_dumps(data))
+    else:
+        dropped = f" ({data['duplicates_dropped']} older duplicates dropped)" if data["duplicates_dropped"] else ""
+        click.echo(f"{data['rows']} rows from {len(outs)} folders -> {data['out']}{dropped}")
+
+
+@main.command()
+@_gateway_options
+@_json_option
+@_errors
+def models(job: str | None, base_url: str | None, api_key: str | None, timeout: float, as_json: bool) -> None:
+    """List the models the gateway serves this key.
+
+    \b
+    Exit codes: 0 listed, 2 bad usage, 3 the key was refused or the gateway failed.
+    \b
+    Examples:
+      docpipe models
+      docpipe models --base-url http://127.0.0.1:8088/v1 --json
+    """
+    from .gateway_info import format_models, models as list_models
+
+    items = list_models(load_config(job, base_url=base_url, api_key=api_key, timeout=timeout))
+    click.echo(_dumps({"models": items}) if as_json else format_models(items))
+
+
+@main.command()
+@_gateway_options
+@_json_option
+@_errors
+def quota(job: str | None, base_url: str | None, api_key: str | None, timeout: float, as_json: bool) -> None:
+    """Show the key's limit, usage and what is left, in USD.
+
+    \b
+    Exit codes: 0 shown, 2 bad usage, 3 the key was refused or the gateway failed.
+    \b
+    Examples:
+      docpipe quota
+      APICORE_API_KEY=sk-... docpipe quota --json
+    """
+    from .gateway_info import format_quota, quota as fetch
+
+    data = fetch(load_config(job, base_url=base_url, api_key=api_key, timeout=timeout))
+    click.echo(_dumps(data) if as_json else format_quota(data))
+
+
 # ----------------------------------------------------------------------------- end of ops commands
 
 
 # ----------------------------------------------------------------------------- bench
+
+
+@main.command()
+@click.option("--scenario", "scenarios", multiple=True,
+              type=click.Choice(["all", "little-100", "little-1000", "faults", "cpu", "memory", "resume",
+                                 "compaction"]),
+              help="Run a predefined target scenario (repeatable; 'all' for every one).")  # fmt: skip
+@click.option("--rows", type=click.IntRange(1), default=10000, show_default=True, help="Manifest rows (custom run).")
+@click.option("--latency", type=click.FloatRange(min=0), default=0.2, show_default=True,
+              help="Simulated seconds per answer (no jitter).")  # fmt: skip
+@click.option("--concurrency", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of first attempts the simulator fails.")  # fmt: skip
+@click.option("--fault-kinds", default=None, help="Comma-separated fault kinds [default: hang,429,truncated,...].")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=None, help="Client --timeout (seconds per attempt).")
+@click.option("--resume-check", is_flag=True, help="Run the same command again and time it to 'nothing to do'.")
+@click.option("--row-group-rows", type=click.IntRange(1), default=None,
+              help="Manifest row group size [default: pyarrow's].")  # fmt: skip
+@click.option("--profile", type=click.Path(dir_okay=False), default=None,
+              help="Run the client under cProfile and write the stats here (last run wins).")  # fmt: skip
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep manifests and run folders here instead of a temp folder.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def bench(scenarios: tuple[str, ...], rows: int, latency: float, concurrency: int, fault_rate: float,
+          fault_kinds: str | None, timeout: float | None, resume_check: bool, row_group_rows: int | None,
+          profile: str | None, work_dir: str | None, as_json: bool) -> None:  # fmt: skip
+    """Measure the real run path against the simulator, each in its own process.
+
+    Reports requests/s against the Little's-law bound (concurrency / latency),
+    client CPU per request, peak client RSS, time to first request and compaction
+    time. Predefined scenarios judge the issue's targets (PASS/FAIL); exit code 1
+    when any target fails.
+
+    \b
+    Examples:
+      docpipe bench --rows 2000 --latency 0.1 --concurrency 100
+      docpipe bench --scenario little-100 --scenario faults
+      docpipe bench --scenario all --json > bench.json
+    """
+    import json as json_mod
+
+    from . import bench as b
+
+    def echo(line: str) -> None:
+        click.echo(line, err=as_json)
+
+    m = b.machine()
+    echo(f"machine: {m['nproc']} cpus, {m['cpu']}, python {m['python']}")
+    with b.work_dir(work_dir) as work:
+        prof = Path(profile) if profile else None
+        if scenarios:
+            names = list(b.SCENARIOS) if "all" in scenarios else list(dict.fromkeys(scenarios))
+            results = b.run_scenarios(names, work, profile=prof, echo=lambda s: click.echo(s, err=True))
+        else:
+            kinds = tuple(k.strip() for k in fault_kinds.split(",") if k.strip()) if fault_kinds else b.DEFAULT_FAULTS
+            spec = b.RunSpec(rows=rows, latency=latency, concurrency=concurrency, fault_rate=fault_rate,
+                             fault_kinds=kinds, timeout=timeout, resume_check=resume_check,
+                             row_group_rows=row_group_rows)  # fmt: skip
+            results = [b.run_custom(spec, work, profile=prof)]
+    for res in results:
+        for label, r in res.runs.items():
+            echo(b.run_line(f"{res.name}/{label}", r))
+            if r.exit_code not in (0, 1) and r.stderr_tail:
+                echo(f"  client stderr: {r.stderr_tail}")
+    for res in results:
+        echo(b.scenario_line(res))
+    if as_json:
+        click.echo(json_mod.dumps(b.to_json(results), indent=2))
+    sys.exit(0 if all(r.passed for r in results) else 1)
 
 # ----------------------------------------------------------------------------- end of bench
 

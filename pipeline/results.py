@@ -4,19 +4,23 @@
 
     OUT/results.parquet   one row per manifest row that has an outcome, manifest order
     OUT/_run.json         run metadata (underscore: pd.read_parquet(OUT) must skip it)
-    OUT/_journal/         part-000000001.parquet, ...: every outcome, in order
+    OUT/_journal/         log-000000007.jsonl (this run's outcomes, appended as they come)
+                          part-000000006.parquet (earlier outcomes, folded)
     OUT/.lock             held while a run writes here
 
-Why Parquet parts for the journal rather than an append log: each part is
-written to a temp file, fsync'd and renamed, so a crash at any instant leaves
-only whole, typed, columnar files; resume reads just the ``request_id`` and
-``status`` columns of them; and compaction needs no parser of its own. A part is
-written every ``flush_interval`` (1 s) when there is anything to write, so an
-answer is durable about a second after it arrives. After each compaction the
-parts are folded into one, so the folder does not grow night after night.
+The journal is an append-only log of one JSON line per outcome, written with a
+plain ``write()`` the moment the outcome exists and fsync'd every
+``flush_interval`` (1 s). Why a log and not a Parquet part per second: the
+``write()`` puts the line in the kernel at once, so ``kill -9`` loses *nothing*
+that came back (only requests still in flight are paid twice), while the
+once-a-second fsync bounds what a power cut can take. A crash mid-line leaves a
+torn last line, which the reader drops. Logs are read with pyarrow's vectorised
+JSON reader, and after each compaction logs and parts are folded into one
+Parquet part (written atomically before the old files go), so the folder does
+not grow night after night.
 
-The latest outcome for a ``request_id`` wins; parts are ordered by their
-sequence number and rows within a part by arrival.
+Logs and parts share one sequence; the latest outcome for a ``request_id`` wins,
+ordered by sequence and then by line.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from .errors import StorageError
@@ -43,7 +49,7 @@ RESULTS_FILE = "results.parquet"
 RUN_FILE = "_run.json"
 JOURNAL_DIR = "_journal"
 LOCK_FILE = ".lock"
-_PART = re.compile(r"^part-(\d{9})\.parquet$")
+_PART = re.compile(r"^(part|log)-(\d{9})\.(parquet|jsonl)$")
 TS = pa.timestamp("us", tz="UTC")
 
 #: Journal columns, in order; every one is an Outcome field except run_id and model.
@@ -153,6 +159,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def _fault_pause(point: str) -> None:
+    """Fault injection for the crash tests: DOCPIPE_PAUSE_AT=<point> holds the process
+    at that point for a minute so a test can kill it there. Inert otherwise."""
+    if os.environ.get("DOCPIPE_PAUSE_AT") == point:
+        import time
+
+        time.sleep(60)
+
+
 def atomic_write_table(path: Path, tables: Iterable[pa.Table | pa.RecordBatch], schema: pa.Schema) -> int:
     """Stream tables into ``path`` atomically; returns rows written."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -169,6 +184,7 @@ def atomic_write_table(path: Path, tables: Iterable[pa.Table | pa.RecordBatch], 
                     rows += t.num_rows
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _fault_pause(f"before-replace:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)
@@ -232,14 +248,18 @@ class RunDir:
     # -- journal -------------------------------------------------------------
 
     def parts(self) -> list[Path]:
+        """Journal files (logs and parts) in sequence order."""
         if not self.journal.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.journal.iterdir() if (m := _PART.match(p.name))]
+        found = [(int(m.group(2)), p) for p in self.journal.iterdir() if (m := _PART.match(p.name))]
         return [p for _, p in sorted(found)]
 
     def next_seq(self) -> int:
         parts = self.parts()
-        return int(_PART.match(parts[-1].name).group(1)) + 1 if parts else 1  # type: ignore[union-attr]
+        return int(_PART.match(parts[-1].name).group(2)) + 1 if parts else 1  # type: ignore[union-attr]
+
+    def log_path(self, seq: int) -> Path:
+        return self.journal / f"log-{seq:09d}.jsonl"
 
     def write_part(self, seq: int, table: pa.Table) -> Path:
         path = self.journal / f"part-{seq:09d}.parquet"
@@ -250,9 +270,15 @@ class RunDir:
         tables = []
         for p in self.parts():
             try:
-                tables.append(pq.read_table(p, columns=columns, schema=None))
+                if p.suffix == ".jsonl":
+                    t = read_log(p)
+                    if t is None:
+                        continue
+                    tables.append(t.select(columns) if columns else t)
+                else:
+                    tables.append(pq.read_table(p, columns=columns, schema=None))
             except (pa.ArrowInvalid, OSError) as e:
-                raise StorageError(f"{p}: journal part is unreadable: {e}") from None
+                raise StorageError(f"{p}: journal file is unreadable: {e}") from None
         if not tables:
             schema = JOURNAL_SCHEMA if columns is None else pa.schema([JOURNAL_SCHEMA.field(c) for c in columns])
             return schema.empty_table()
@@ -275,9 +301,10 @@ class RunDir:
         """Replace all parts by one holding only the latest outcomes. Crash-safe: the new
         part is durable before the old ones go, and duplicates resolve to the same row."""
         old = self.parts()
-        if len(old) <= 1:
+        if not old or (len(old) == 1 and old[0].suffix == ".parquet"):
             return
         self.write_part(self.next_seq(), latest)
+        _fault_pause("fold")
         for p in old:
             _unlink(p)
         fsync_dir(self.journal)
@@ -305,56 +332,100 @@ def latest_per_id(table: pa.Table) -> pa.Table:
     return table.take(pa.array(positions))
 
 
+#: How log lines are typed when read back (timestamps travel as epoch microseconds).
+_LOG_SCHEMA = pa.schema(
+    [pa.field(f.name, pa.int64()) if f.type == TS else f for f in JOURNAL_SCHEMA]
+)
+
+
+def read_log(path: Path) -> pa.Table | None:
+    """A journal log as a table; a torn last line (crash mid-write) is dropped."""
+    with pa.memory_map(str(path)) as mm:
+        size = mm.size()
+        if size == 0:
+            return None
+        data = mm.read_buffer(size)
+        end = size
+        if data[size - 1 : size].to_pybytes() != b"\n":
+            tail = data.to_pybytes()[-1 << 20 :] if size > (1 << 20) else data.to_pybytes()
+            cut = tail.rfind(b"\n")
+            end = (size - len(tail)) + cut + 1 if cut >= 0 else 0
+        if end == 0:
+            return None
+        table = pj.read_json(
+            pa.BufferReader(data.slice(0, end)),
+            read_options=pj.ReadOptions(block_size=8 << 20),
+            parse_options=pj.ParseOptions(explicit_schema=_LOG_SCHEMA, unexpected_field_behavior="ignore"),
+        )
+    for name in ("started_at", "completed_at"):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, table[name].cast(TS))
+    return table.select(JOURNAL_SCHEMA.names)
+
+
+_FIELDS = [n for n in JOURNAL_SCHEMA.names if n not in ("run_id", "model")]
+
+
 class JournalWriter:
-    """Buffers outcomes on the event loop and writes one part per flush in a
-    dedicated thread (so parts land in order and the loop never blocks on fsync)."""
+    """Appends one JSON line per outcome to this run's log the moment it exists, and
+    fsyncs it every ``flush_interval`` in a worker thread (the loop never waits on
+    the disk). A failed write raises StorageError at once, so the run stops before
+    it pays for answers it could not keep."""
 
     def __init__(self, run_dir: RunDir, run_id: str, model: str) -> None:
         self.run_dir = run_dir
-        self.run_id = run_id
-        self.model = model
-        self._buffer: list[Outcome] = []
-        self._seq = run_dir.next_seq()
+        self.path = run_dir.log_path(run_dir.next_seq())
+        self._prefix = orjson.dumps({"run_id": run_id, "model": model})[:-1] + b","
+        try:
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, _FILE_MODE)
+        except OSError as e:
+            raise StorageError(f"{self.path}: cannot open the journal: {e.strerror or e}") from None
+        fsync_dir(run_dir.journal)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docpipe-journal")
         self.written = 0
-        self.parts_written = 0
+        self._unsynced = 0
 
     def add(self, outcome: Outcome) -> None:
-        self._buffer.append(outcome)
-
-    @property
-    def pending(self) -> int:
-        return len(self._buffer)
+        o = outcome
+        record = {n: getattr(o, n) for n in _FIELDS}
+        record["started_at"] = round(o.started_at * 1e6)
+        record["completed_at"] = round(o.completed_at * 1e6)
+        line = self._prefix + orjson.dumps(record)[1:] + b"\n"
+        try:
+            n = os.write(self._fd, line)  # type: ignore[arg-type]
+        except OSError as e:
+            raise StorageError(f"{self.path}: cannot write the journal: {e.strerror or e}") from None
+        if n != len(line):  # a short write means the disk is full: stop here, the torn line is dropped on read
+            raise StorageError(f"{self.path}: cannot write the journal: disk full (short write)")
+        self.written += 1
+        self._unsynced += 1
 
     async def flush(self) -> None:
-        if not self._buffer:
+        """Make everything written so far survive a power cut."""
+        if not self._unsynced or self._fd is None:
             return
-        batch, self._buffer = self._buffer, []
-        seq = self._seq
-        self._seq += 1
+        self._unsynced = 0
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._write, seq, batch)
+            await loop.run_in_executor(self._executor, os.fsync, self._fd)
         except OSError as e:
-            # keep the rows so a later flush (or the final one) can try again
-            self._buffer[:0] = batch
-            raise StorageError(f"{self.run_dir.journal}: cannot write the journal: {e.strerror or e}") from None
+            raise StorageError(f"{self.path}: cannot sync the journal: {e.strerror or e}") from None
 
     def flush_sync(self) -> None:
-        """Last-chance flush from a signal path, outside the event loop."""
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
-            self._write(self._seq, batch)
-            self._seq += 1
-
-    def _write(self, seq: int, batch: list[Outcome]) -> None:
-        table = outcomes_to_table(batch, self.run_id, self.model)
-        self.run_dir.write_part(seq, table)
-        self.written += len(batch)
-        self.parts_written += 1
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._fd is not None:
+            self.flush_sync()
+            os.close(self._fd)
+            self._fd = None
+            if self.written == 0:
+                _unlink(self.path)
 
 
 def output_schema(manifest_fields: Sequence[pa.Field]) -> pa.Schema:

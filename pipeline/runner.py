@@ -282,7 +282,11 @@ class Run:
                 self._record(outcome)
 
     def _record(self, outcome: Outcome) -> None:
-        self.journal.add(outcome)
+        try:
+            self.journal.add(outcome)
+        except StorageError as e:
+            self.request_stop(str(e))
+            return
         s = self.stats
         if outcome.status == "ok":
             s.ok += 1

@@ -23,6 +23,8 @@ Endpoints (base URL ``http://HOST:PORT/v1``)
     new-api token usage in raw quota units (500000 = $1).
 ``GET /_sim/stats``, ``POST /_sim/stats/window``, ``GET|POST /_sim/config``, ``POST /_sim/reset``
     Control plane for tests and benchmarks (never checks the API key).
+``GET /_sim/bodies``
+    The chat request bodies received, in arrival order, when ``record_bodies`` is set.
 
 Every response, errors included, carries a unique ``X-Oneapi-Request-Id``.
 
@@ -144,6 +146,9 @@ class SimConfig:
     model_alias: tuple[tuple[str, str], ...] = (("gpt-4-all", "gpt-4o"),)
     hard_limit_usd: float = 100.0
     used_usd: float = 12.5
+    # keep every parsed chat request body (GET /_sim/bodies, SimServer.bodies()) so
+    # tests can assert on what the client sent; off by default to keep bench memory flat
+    record_bodies: bool = False
 
     def __post_init__(self) -> None:
         # JSON (the /_sim/config endpoint, job files) delivers lists and dicts;
@@ -485,6 +490,7 @@ class _State:
         self.distinct_ok = 0
         self.request_times: collections.deque[float] = collections.deque(maxlen=_REQUEST_TIMES_KEPT)
         self.rpm_window: collections.deque[float] = collections.deque()
+        self.bodies: list[Any] = []
 
     def request_id(self) -> str:
         return f"{self._rid_prefix}{next(self._rid_counter):08d}"
@@ -573,6 +579,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
         st.count("400")
         return _invalid_request(f"invalid request: {exc}")
+    if cfg.record_bodies:
+        st.bodies.append(body)
 
     if cfg.quota_requests is not None and st.ok_requests + st.pending_ok >= cfg.quota_requests:
         st.count("quota")
@@ -904,6 +912,10 @@ async def _sim_config_post(request: web.Request) -> web.Response:
     return _json(200, orjson.dumps(st.config.to_dict()))
 
 
+async def _sim_bodies(request: web.Request) -> web.Response:
+    return _json(200, orjson.dumps(request.app[_STATE].bodies))
+
+
 async def _sim_reset(request: web.Request) -> web.Response:
     request.app[_STATE].reset()
     return _json(200, b'{"reset":true}')
@@ -932,6 +944,7 @@ def make_app(config: SimConfig) -> web.Application:
     r.add_get("/_sim/config", _sim_config_get)
     r.add_post("/_sim/config", _sim_config_post)
     r.add_post("/_sim/reset", _sim_reset)
+    r.add_get("/_sim/bodies", _sim_bodies)
     return app
 
 
@@ -1073,6 +1086,10 @@ class SimServer:
 
     def stats(self) -> dict[str, Any]:
         return self._in_loop(self._state.snapshot)
+
+    def bodies(self) -> list[Any]:
+        """Chat request bodies received so far (needs ``record_bodies=True``)."""
+        return self._in_loop(lambda: list(self._state.bodies))
 
     def update(self, **changes: Any) -> None:
         new = self._state.config.with_changes(changes)  # raise in the caller's thread

@@ -1,0 +1,407 @@
+"""``docpipe bench``: throughput, client CPU per request and peak memory of the real
+run path against the simulator (DESIGN.md section 9, issue 6).
+
+Three processes, so that each figure belongs to one of them:
+
+- the simulator (``docpipe simulate``) in its own process: it must not share the
+  client's core or event loop, or the client would be charged for serving;
+- the client, a plain ``docpipe run`` subprocess: what a user runs, imports and
+  all. ``os.wait4`` gives its own rusage (CPU, peak RSS), nobody else's;
+- this process, which only writes the manifest, waits and reads stats.
+
+Figures of one run (:class:`RunResult`):
+
+- ``throughput_rps``: requests / (last request arrival - first arrival + latency),
+  from the simulator's clock. That is the steady-state rate Little's law bounds
+  by ``concurrency / latency`` (for an ideal client the window is N*L/C); start-up
+  and compaction are reported on their own rather than diluting it. ``wall_ratio``
+  is the end-to-end figure (spawn to exit) against the same bound.
+- ``cpu_us_per_request``: (user + sys) of the client process over its whole life
+  (imports, manifest checks, journal, compaction) / requests sent.
+- ``peak_rss_mb``: ``ru_maxrss`` of the client.
+- ``first_request_s``, ``compaction_s``: ``timings`` from ``OUT/_run.json``;
+  ``spawn_to_first_request_s`` adds interpreter start-up and imports.
+- ``sim_cpu_share``: simulator CPU seconds / request window; near 1.0 means the
+  simulator, not the client, was the limit.
+- ``resume_s`` (``--resume-check``): the same command again, spawn to exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+#: Default fault mix: the failures a client most often gets wrong (hang needs a
+#: timeout, 429 without Retry-After needs our own back-off, truncated JSON in a 200).
+DEFAULT_FAULTS = ("hang", "429", "truncated", "500", "502_html", "disconnect", "empty_choices")
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One client run against a fresh simulator."""
+
+    rows: int
+    latency: float
+    concurrency: int
+    fault_rate: float = 0.0
+    fault_kinds: tuple[str, ...] = DEFAULT_FAULTS
+    timeout: float | None = None
+    resume_check: bool = False
+    row_group_rows: int | None = None  # None: pyarrow's default, what df.to_parquet gives
+
+    @property
+    def bound_rps(self) -> float:
+        """Little's law: no client can exceed concurrency / latency."""
+        return self.concurrency / self.latency if self.latency > 0 else float("inf")
+
+
+@dataclass
+class RunResult:
+    """Figures of one run (see the module docstring for what each one means)."""
+
+    spec: RunSpec
+    exit_code: int
+    requests: int
+    ok: int
+    failed: int
+    wall_s: float
+    throughput_rps: float
+    bound_rps: float
+    ratio: float
+    wall_ratio: float
+    cpu_s: float
+    cpu_us_per_request: float
+    client_cpu_share: float  # cpu_s / wall_s; above ~0.9 the client is CPU-bound
+    peak_rss_mb: float
+    first_request_s: float | None
+    spawn_to_first_request_s: float | None
+    compaction_s: float | None
+    sim_max_in_flight: int
+    sim_cpu_share: float | None
+    resume_s: float | None = None
+    resume_requests: int | None = None
+    resume_exit_code: int | None = None
+    stderr_tail: str = ""
+
+
+@dataclass
+class Check:
+    """One target of the issue, judged."""
+
+    name: str
+    value: float
+    target: str
+    passed: bool
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    runs: dict[str, RunResult]
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+# --------------------------------------------------------------------------- machinery
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform()}  # fmt: skip
+
+
+def write_manifest(path: Path, rows: int, row_group_rows: int | None = None) -> None:
+    """Distinct file_url and question per row, built in Arrow (no Python loop over rows)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    idx = pc.cast(pa.array(np.arange(rows, dtype=np.int64)), pa.string())
+    urls = pc.binary_join_element_wise("https://docs.example.com/bench/", idx, ".pdf", "")
+    questions = pc.binary_join_element_wise("What is the total of item ", idx, "?", "")
+    table = pa.table({"file_url": urls, "question": questions})
+    pq.write_table(table, path, row_group_size=row_group_rows, compression="zstd")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a running process, from /proc (the simulator never exits in time)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class Simulator:
+    """``docpipe simulate`` in its own process, on a free port."""
+
+    def __init__(self, spec: RunSpec, log: Path) -> None:
+        cmd = [sys.executable, "-m", "pipeline.cli", "simulate", "--port", "0",
+               "--latency", str(spec.latency), "--jitter", "0"]  # fmt: skip
+        if spec.fault_rate:
+            cmd += ["--fault-rate", str(spec.fault_rate), "--fault-kinds", ",".join(spec.fault_kinds)]
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "simulator listening on http://HOST:PORT/v1"
+        if "listening on " not in line:
+            self.stop()
+            raise RuntimeError(f"simulator did not start: {line!r} (see {log})")
+        self.url = line.split("listening on ", 1)[1].strip()
+        self.root = self.url.rsplit("/v1", 1)[0]
+
+    def _call(self, path: str, method: str = "GET") -> Any:
+        req = urllib.request.Request(self.root + path, method=method, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def reset(self) -> float:
+        """Clear stats; returns our monotonic time of the reset, which is the simulator's
+        new t0 to within a round trip (CLOCK_MONOTONIC is shared by all processes)."""
+        before = time.monotonic()
+        self._call("/_sim/reset", "POST")
+        return (before + time.monotonic()) / 2
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("/_sim/stats")  # type: ignore[no-any-return]
+
+    def cpu_seconds(self) -> float | None:
+        return _cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def simulator(spec: RunSpec, log: Path) -> Iterator[Simulator]:
+    sim = Simulator(spec, log)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def run_client(cmd: list[str], stderr: Path) -> tuple[int, float, Any]:
+    """Run ``cmd`` to the end; (exit code, wall seconds, rusage of that child only)."""
+    t0 = time.monotonic()
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        # wait4 rather than Popen.wait: the rusage of this one child, not of all children
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, wall, usage
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunResult:
+    """Run ``spec`` once: fresh simulator, fresh manifest and output folder."""
+    work.mkdir(parents=True, exist_ok=True)
+    manifest, out = work / "manifest.parquet", work / "out"
+    write_manifest(manifest, spec.rows, spec.row_group_rows)
+    with simulator(spec, work / "sim.log") as sim:
+        run = ["-m", "pipeline.cli", "run", str(manifest), "--out", str(out), "--base-url", sim.url,
+               "--api-key", "bench", "--concurrency", str(spec.concurrency), "--fixed-concurrency",
+               "--quiet"]  # fmt: skip
+        if spec.timeout is not None:
+            run += ["--timeout", str(spec.timeout)]
+        prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
+        sim_t0 = sim.reset()
+        cpu0 = sim.cpu_seconds()
+        spawned = time.monotonic()
+        code, wall, usage = run_client(prefix + run, work / "client.err")
+        cpu1 = sim.cpu_seconds()
+        st = sim.stats()
+        # read before a resume run overwrites it
+        info = json.loads((out / "_run.json").read_text()) if (out / "_run.json").exists() else {}
+        resume: tuple[int, float, Any] | None = None
+        resume_requests = None
+        if spec.resume_check:
+            sim.reset()
+            resume = run_client([sys.executable, *run], work / "resume.err")
+            resume_requests = sim.stats()["requests"]
+    timings = info.get("timings", {})
+    times: list[float] = st["request_times"]  # arrival times; the simulator keeps the last 200 000
+    requests = st["requests"]
+    if len(times) >= 2:
+        window = times[-1] - times[0] + spec.latency
+        throughput = (len(times) - 1) / (times[-1] - times[0]) if len(times) < requests else requests / window
+    else:
+        window, throughput = 0.0, 0.0
+    sim_share = (cpu1 - cpu0) / window if cpu0 is not None and cpu1 is not None and window > 0 else None
+    cpu = usage.ru_utime + usage.ru_stime
+    bound = spec.bound_rps
+    return RunResult(
+        spec=spec,
+        exit_code=code,
+        requests=requests,
+        ok=int(info.get("ok", 0)),
+        failed=int(info.get("failed", 0)),
+        wall_s=round(wall, 3),
+        throughput_rps=round(throughput, 1),
+        bound_rps=round(bound, 1),
+        ratio=round(throughput / bound, 4),
+        wall_ratio=round(requests / wall / bound, 4),
+        cpu_s=round(cpu, 3),
+        cpu_us_per_request=round(cpu / max(requests, 1) * 1e6, 1),
+        client_cpu_share=round(cpu / wall, 3),
+        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        first_request_s=timings.get("first_request_s"),
+        spawn_to_first_request_s=round(sim_t0 + times[0] - spawned, 3) if times and requests <= len(times) else None,
+        compaction_s=timings.get("compaction_s"),
+        sim_max_in_flight=st["max_in_flight"],
+        sim_cpu_share=round(sim_share, 3) if sim_share is not None else None,
+        resume_s=round(resume[1], 3) if resume else None,
+        resume_requests=resume_requests,
+        resume_exit_code=resume[0] if resume else None,
+        stderr_tail=_tail(work / "client.err"),
+    )
+
+
+# --------------------------------------------------------------------------- scenarios
+
+_FAULTS = RunSpec(rows=2000, latency=0.2, concurrency=100, fault_rate=0.1, timeout=5.0)
+_MILLION = RunSpec(rows=1_000_000, latency=0.01, concurrency=512, resume_check=True)
+
+#: The issue's targets. Each scenario names its runs; a run shared by several
+#: scenarios (the 1M one) is measured once per bench invocation.
+SCENARIOS: dict[str, dict[str, RunSpec]] = {
+    "little-100": {"run": RunSpec(rows=10_000, latency=0.2, concurrency=100)},
+    "little-1000": {"run": RunSpec(rows=20_000, latency=1.0, concurrency=1000)},
+    "faults": {"faults": _FAULTS, "clean": replace(_FAULTS, fault_rate=0.0)},
+    "cpu": {"run": RunSpec(rows=50_000, latency=0.05, concurrency=256)},
+    "memory": {"100k": replace(_MILLION, rows=100_000, resume_check=False), "1M": _MILLION},
+    "resume": {"1M": _MILLION},
+    "compaction": {"1M": _MILLION},
+}
+
+
+def _judge(name: str, runs: dict[str, RunResult]) -> list[Check]:
+    def at_least(what: str, value: float, target: float) -> Check:
+        return Check(what, value, f">= {target:g}", value >= target)
+
+    def at_most(what: str, value: float | None, target: float) -> Check:
+        v = float("inf") if value is None else value
+        return Check(what, v, f"<= {target:g}", v <= target)
+
+    if name == "little-100":
+        return [at_least("ratio to bound", runs["run"].ratio, 0.95)]
+    if name == "little-1000":
+        return [at_least("ratio to bound", runs["run"].ratio, 0.90)]
+    if name == "faults":
+        f, c = runs["faults"], runs["clean"]
+        return [at_least("rows ok", f.ok, f.spec.rows), at_most("wall / clean wall", round(f.wall_s / c.wall_s, 3), 3.0)]
+    if name == "cpu":
+        return [at_most("client CPU us/request", runs["run"].cpu_us_per_request, 200)]
+    if name == "memory":
+        small, big = runs["100k"], runs["1M"]
+        return [at_most("peak RSS MB (100k)", small.peak_rss_mb, 300), at_most("peak RSS MB (1M)", big.peak_rss_mb, 300),
+                at_most("RSS 1M / 100k", round(big.peak_rss_mb / small.peak_rss_mb, 3), 1.3)]  # fmt: skip
+    if name == "resume":
+        r = runs["1M"]
+        return [at_most("resume s", r.resume_s, 5.0), at_most("resume requests", r.resume_requests, 0)]
+    if name == "compaction":
+        return [at_most("compaction s", runs["1M"].compaction_s, 15.0)]
+    return []
+
+
+def run_scenarios(names: list[str], work: Path, *, profile: Path | None = None,
+                  echo: Any = None) -> list[ScenarioResult]:  # fmt: skip
+    """Measure the named scenarios one after the other (the machine has few cores:
+    two runs at once would measure each other)."""
+    done: dict[RunSpec, RunResult] = {}
+    results = []
+    for name in names:
+        runs = {}
+        for label, spec in SCENARIOS[name].items():
+            if spec not in done:
+                if echo:
+                    echo(f"bench: {name}/{label}: {spec.rows} rows, C={spec.concurrency}, L={spec.latency:g}s ...")
+                done[spec] = measure(spec, work / f"{name}-{label}", profile=profile)
+            runs[label] = done[spec]
+        results.append(ScenarioResult(name, runs, _judge(name, runs)))
+    return results
+
+
+def run_custom(spec: RunSpec, work: Path, *, profile: Path | None = None) -> ScenarioResult:
+    return ScenarioResult("custom", {"run": measure(spec, work / "custom", profile=profile)})
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def run_line(label: str, r: RunResult) -> str:
+    s = r.spec
+    faults = f" faults={s.fault_rate:g}" if s.fault_rate else ""
+    resume = f" resume={r.resume_s}s/{r.resume_requests}req" if r.resume_s is not None else ""
+    return (
+        f"{label}: N={s.rows} C={s.concurrency} L={s.latency:g}s{faults} exit={r.exit_code} "
+        f"ok={r.ok} requests={r.requests} wall={r.wall_s}s rate={r.throughput_rps}/s "
+        f"bound={r.bound_rps:g}/s ratio={r.ratio:.1%} (wall {r.wall_ratio:.1%}) "
+        f"cpu={r.cpu_us_per_request}us/req ({r.client_cpu_share:.0%} of a core) rss={r.peak_rss_mb}MB first_req={r.first_request_s}s "
+        f"(from spawn {r.spawn_to_first_request_s}s) compaction={r.compaction_s}s sim_cpu={r.sim_cpu_share}{resume}"
+    )
+
+
+def scenario_line(res: ScenarioResult) -> str:
+    """One paste-able line per scenario: its verdicts."""
+    checks = "; ".join(f"{c.name}={c.value:g} {c.target} {'PASS' if c.passed else 'FAIL'}" for c in res.checks)
+    return f"bench {res.name}: {'PASS' if res.passed else 'FAIL'} ({checks})" if checks else f"bench {res.name}"
+
+
+def to_json(results: list[ScenarioResult]) -> dict[str, Any]:
+    return {
+        "machine": machine(),
+        "scenarios": [
+            {"name": r.name, "passed": r.passed, "checks": [asdict(c) for c in r.checks],
+             "runs": {k: asdict(v) for k, v in r.runs.items()}}  # fmt: skip
+            for r in results
+        ],
+    }
+
+
+@contextlib.contextmanager
+def work_dir(keep: str | None) -> Iterator[Path]:
+    """A scratch folder for manifests and run directories; removed unless named."""
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        yield Path(keep)
+        return
+    with tempfile.TemporaryDirectory(prefix="docpipe-bench-") as tmp:
+        yield Path(tmp)
