@@ -81,6 +81,9 @@ class JobConfig:
     unreadable_retries: int = 1
     unreadable_patterns: tuple[str, ...] = DEFAULT_UNREADABLE_PATTERNS
     no_channel_attempts: int = 3
+    breaker_threshold: int = 25  # consecutive server errors that open the circuit breaker
+    breaker_probes: int = 8  # failed probes (pauses doubling from breaker_pause, cap 300 s) before giving up
+    breaker_pause: float = 5.0
     # prices (USD)
     price_prompt_per_1m: float | None = None
     price_completion_per_1m: float | None = None
@@ -175,6 +178,9 @@ _JOB_SECTIONS: dict[str, dict[str, str]] = {
         "backoff_max": "backoff_max",
         "unreadable_retries": "unreadable_retries",
         "unreadable_patterns": "unreadable_patterns",
+        "breaker_threshold": "breaker_threshold",
+        "breaker_probes": "breaker_probes",
+        "breaker_pause": "breaker_pause",
     },
     "prices": {
         "prompt_per_1m": "price_prompt_per_1m",

@@ -132,6 +132,55 @@ class AdaptiveLimit:
         return cut
 
 
+class Breaker:
+    """Circuit breaker for a gateway that keeps failing (5xx, timeouts, resets).
+
+    ``threshold`` consecutive failures open it: dispatch stops, and after a pause
+    one probe request goes out. A success anywhere closes it; a failed probe
+    doubles the pause (capped at 300 s); after ``probes`` failed probes the run
+    gives up (exit 3, resumable) instead of burning the night on a dead gateway."""
+
+    MAX_PAUSE = 300.0
+
+    def __init__(self, threshold: int, probes: int, pause: float) -> None:
+        self.threshold = threshold
+        self.probes = probes
+        self.pause = pause
+        self.failures = 0
+        self.is_open = False
+        self.probes_failed = 0
+        self.times_opened = 0
+        self.lock = asyncio.Lock()
+        self._reopen_at = 0.0
+
+    def success(self) -> None:
+        self.failures = 0
+        self.is_open = False
+        self.probes_failed = 0
+
+    def failure(self, *, probe: bool) -> bool:
+        """Account a server failure; True when the breaker gives up on the gateway."""
+        self.failures += 1
+        if self.is_open:
+            if probe:
+                self.probes_failed += 1
+                if self.probes_failed >= self.probes:
+                    return True
+                self._reopen_at = time.monotonic() + self._pause()
+        elif self.failures >= self.threshold:
+            self.is_open = True
+            self.times_opened += 1
+            self._reopen_at = time.monotonic() + self._pause()
+        return False
+
+    def _pause(self) -> float:
+        return min(self.MAX_PAUSE, self.pause * (2**self.probes_failed))
+
+    @property
+    def wait_s(self) -> float:
+        return max(0.0, self._reopen_at - time.monotonic())
+
+
 class Pacer:
     """Everything an attempt waits for before it is sent."""
 
@@ -144,8 +193,10 @@ class Pacer:
         tpm: int | None,
         backoff_initial: float,
         backoff_max: float,
+        breaker: Breaker | None = None,
     ) -> None:
         self.gate = PauseGate()
+        self.breaker = breaker or Breaker(25, 8, 5.0)
         self.slots = AdaptiveLimit(concurrency, adaptive=adaptive)
         self._rpm = AsyncLimiter(1, 60.0 / rpm * 1.02) if rpm else None
         self._tpm = AsyncLimiter(tpm, 60.0) if tpm else None

@@ -19,7 +19,7 @@ import re
 import time
 from typing import Callable, Mapping
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from .errors import RetryableError, UnreadableDocument
 
@@ -99,14 +99,17 @@ def should_retry(error: BaseException, unreadable_left: int) -> bool:
 
 def retrying(
     *,
-    attempts_left: int,
+    exhausted: Callable[[], bool],
     deadline: float,
     initial: float,
     maximum: float,
     retry: Callable[[BaseException], bool],
     stop_now: Callable[[], bool],
 ) -> AsyncRetrying:
-    """A fresh tenacity controller for one row's retries (never share one across tasks)."""
+    """A fresh tenacity controller for one row's retries (never share one across tasks).
+
+    ``exhausted`` is the caller's attempt count check: rate-limited attempts were
+    not processed by the gateway (nor billed), so the runner counts them apart."""
 
     def wait(state: RetryCallState) -> float:
         outcome = state.outcome
@@ -116,11 +119,7 @@ def retrying(
     def stop(state: RetryCallState) -> bool:
         # tenacity computes the upcoming sleep before asking stop: a wait that would
         # run past the row's budget ends the row now instead of sleeping in vain
-        return (
-            stop_after_attempt(attempts_left)(state)
-            or time.monotonic() + (state.upcoming_sleep or 0.0) > deadline
-            or stop_now()
-        )
+        return exhausted() or time.monotonic() + (state.upcoming_sleep or 0.0) > deadline or stop_now()
 
     return AsyncRetrying(
         stop=stop,

@@ -37,7 +37,7 @@ from .errors import (
     UnreadableDocument,
     UsageError,
 )
-from .limits import Pacer
+from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .records import Completion, Outcome, Row
 from .results import JournalWriter, RunDir, compact
@@ -47,6 +47,8 @@ from .tokens import estimate_prompt
 log = logging.getLogger("docpipe")
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
+#: 429s do not use up --max-attempts, but a row never sends more than this many times that
+MAX_ATTEMPTS_WITH_429S = 5
 
 
 class _Stopped(Exception):
@@ -187,6 +189,7 @@ class Run:
             tpm=cfg.tpm,
             backoff_initial=cfg.backoff_initial,
             backoff_max=cfg.backoff_max,
+            breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
         )
         loop = asyncio.get_running_loop()
         if self.install_signals:
@@ -301,6 +304,18 @@ class Run:
             s.cost += outcome.cost_usd
 
     async def _attempt(self, row: Row, estimate: int) -> tuple[Completion, float]:
+        breaker = self.pacer.breaker
+        if breaker.is_open:
+            async with breaker.lock:
+                if breaker.is_open:  # still open: this row is the probe
+                    await self._sleep(breaker.wait_s)
+                    if self.stopping:
+                        raise _Stopped
+                    log.warning("gateway failing: probing with one request")
+                    return await self._send(row, estimate, probe=True)
+        return await self._send(row, estimate, probe=False)
+
+    async def _send(self, row: Row, estimate: int, *, probe: bool) -> tuple[Completion, float]:
         pacer = self.pacer
         await pacer.slots.acquire()
         try:
@@ -316,9 +331,19 @@ class Run:
             except RequestError as e:
                 pacer.failed(rate_limited=isinstance(e, RateLimited), retry_after=e.retry_after)
                 self._check_fatal(e)
+                if type(e) is RetryableError and pacer.breaker.failure(probe=probe):
+                    fatal = RunFatalError(
+                        f"the gateway kept failing: {pacer.breaker.failures} errors in a row and "
+                        f"{pacer.breaker.probes_failed} failed probes; last: {e.message}",
+                        error_type=e.error_type,
+                        http_status=e.http_status,
+                    )
+                    self._abort(fatal)
+                    raise fatal from None
                 raise
             latency = time.monotonic() - t0
             self._no_channel_streak = 0
+            pacer.breaker.success()
             pacer.answered(completion.total_tokens, latency)
             return completion, latency
         finally:
@@ -351,14 +376,22 @@ class Run:
         started = time.time()
         estimate = estimate_prompt(row.content, cfg.system) + cfg.estimated_tokens_per_request()
         attempts = 0
+        limited = 0  # 429s: not processed by the gateway, so not counted against --max-attempts
         unreadable_left = cfg.unreadable_retries
         latency: float | None = None
 
         async def attempt() -> Completion:
-            nonlocal attempts, latency
+            nonlocal attempts, latency, limited
             attempts += 1
-            completion, latency = await self._attempt(row, estimate)
+            try:
+                completion, latency = await self._attempt(row, estimate)
+            except RateLimited:
+                limited += 1
+                raise
             return completion
+
+        def exhausted() -> bool:
+            return attempts - limited >= cfg.max_attempts or attempts >= MAX_ATTEMPTS_WITH_429S * cfg.max_attempts
 
         def retry_on(e: BaseException) -> bool:
             nonlocal unreadable_left
@@ -376,14 +409,14 @@ class Run:
             except (RetryableError, UnreadableDocument) as first:
                 if cfg.max_attempts <= 1 or not retry_on(first):
                     raise
-                completion = await self._retry(attempt, retry_on, attempts_left=cfg.max_attempts - 1,
+                completion = await self._retry(attempt, retry_on, exhausted=exhausted,
                                                deadline=time.monotonic() + cfg.row_budget)  # fmt: skip
         except _Stopped:
             return None
         except RunFatalError:
             return None
         except RequestError as e:
-            if self.stopping and isinstance(e, RetryableError) and attempts < cfg.max_attempts:
+            if self.stopping and isinstance(e, RetryableError) and not exhausted():
                 return None  # interrupted between retries: pending, not failed
             self.stats.sent_rows += 1
             return _outcome(row, "failed", None, started, time.time(), attempts, latency, cfg,
@@ -396,11 +429,11 @@ class Run:
         attempt: Callable[[], Any],
         retry_on: Callable[[BaseException], bool],
         *,
-        attempts_left: int,
+        exhausted: Callable[[], bool],
         deadline: float,
     ) -> Completion:
         controller = retrying(
-            attempts_left=attempts_left,
+            exhausted=exhausted,
             deadline=deadline,
             initial=self.cfg.backoff_initial,
             maximum=self.cfg.backoff_max,
