@@ -316,8 +316,8 @@ def validate(manifest: str | None, check_urls: bool, url_concurrency: int, url_t
 
     Takes the same options as `run`. Reports the column mapping, bad rows (data
     rows counted from 1), duplicate requests, rows OUT already holds, and the
-    requests, prompt tokens and cost still to spend. --check-urls HEADs every
-    document URL (a 1 KiB ranged GET where HEAD is refused).
+    requests, prompt tokens and cost still to spend. --check-urls HEADs the
+    document URL of every row still to send (a 1 KiB ranged GET where HEAD is refused).
 
     \b
     Exit codes: 0 fine, 1 bad rows or failing URLs, 2 the file or a column is unusable.

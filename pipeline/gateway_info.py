@@ -68,7 +68,11 @@ async def fetch_quota(cfg: JobConfig) -> dict[str, Any]:
                            ("/dashboard/billing/usage", "usage"), ("/api/usage/token/", "token")):  # fmt: skip
             try:
                 data = await _get(client, path)
-            except RequestError as e:  # 404 on gateways without that endpoint, and the like
+            except RequestError as e:
+                # a gateway without the endpoint answers 404, or (one-api's web UI) an HTML
+                # page with 200; an unreachable gateway is not "unavailable", it is an error
+                if e.error_type in ("connection", "timeout"):
+                    raise
                 q["unavailable"].append(f"{path}: {e}")
                 continue
             if not isinstance(data, dict):

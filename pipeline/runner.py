@@ -126,6 +126,7 @@ class Run:
         self.stop_reason: str | None = None
         self.aborted = False
         self._stopping = asyncio.Event()
+        self._waiting: set[asyncio.Task[Any] | None] = set()
         self._signals = 0
         self._no_channel_streak = 0
         self._started_at = datetime.now(timezone.utc)
@@ -144,6 +145,9 @@ class Run:
             self.aborted = abort
             self._stopping.set()
             log.warning("stopping: %s", reason)
+            for task in list(self._waiting):
+                if task is not None:
+                    task.cancel()
 
     def _on_signal(self, signame: str) -> None:
         self._signals += 1
@@ -317,9 +321,23 @@ class Run:
 
     async def _send(self, row: Row, estimate: int, *, probe: bool) -> tuple[Completion, float]:
         pacer = self.pacer
-        await pacer.slots.acquire()
+        task = asyncio.current_task()
+        # a stop cancels tasks still waiting for a slot or a limiter: they have sent nothing
+        self._waiting.add(task)
         try:
-            await pacer.before_attempt(estimate)
+            await pacer.slots.acquire()
+        except asyncio.CancelledError:
+            raise _Stopped from None
+        finally:
+            self._waiting.discard(task)
+        try:
+            self._waiting.add(task)
+            try:
+                await pacer.before_attempt(estimate)
+            except asyncio.CancelledError:
+                raise _Stopped from None
+            finally:
+                self._waiting.discard(task)
             if self.stopping:
                 raise _Stopped
             self.stats.requests += 1

@@ -209,12 +209,15 @@ def diff(
     ans_a, ans_b = common["answer_a"], common["answer_b"]
     same = (ans_a == ans_b).fillna(False).astype(bool) | (ans_a.isna() & ans_b.isna())
     changed = common[~same.to_numpy()]
-    id_col = "request_id" if key == "request_id" else "request_id_b"
-    q_col = "question" if "question" in on else "question_b"
+
+    def col(name: str, side: str = "b") -> str:
+        """A column of the joined frame: key columns are shared, others carry a suffix."""
+        return name if name in on else f"{name}_{side}"
+
     changed_rows = pd.DataFrame({
-        "request_id": changed[id_col].astype("string"),
-        "file_url": changed["file_url" if "file_url" in on else "file_url_b"].astype("string"),
-        "question": changed[q_col].astype("string"),
+        "request_id": changed[col("request_id")].astype("string"),
+        "file_url": changed[col("file_url")].astype("string"),
+        "question": changed[col("question")].astype("string"),
         "answer_a": changed["answer_a"].astype("string"),
         "answer_b": changed["answer_b"].astype("string"),
         "status_a": changed["status_a"].astype("string"),
@@ -240,8 +243,8 @@ def diff(
         "cost_usd": _delta(_cost(da), _cost(db)),
         "failure_rate": _delta(_failure_rate(da), _failure_rate(db)),
         "examples": _records(changed_rows.head(5), ["request_id", "question", "answer_a", "answer_b"]),
-        "new_ids": [_num(x) for x in only_b[id_col if key == "request_id" else "request_id_b"].head(TOP)],
-        "gone_ids": [_num(x) for x in only_a[id_col if key == "request_id" else "request_id_a"].head(TOP)],
+        "new_ids": [_num(x) for x in only_b[col("request_id", "b")].head(TOP)],
+        "gone_ids": [_num(x) for x in only_a[col("request_id", "a")].head(TOP)],
         "changed_file": None,
     }  # fmt: skip
     if out_changed is not None:

@@ -149,6 +149,10 @@ def validate(
         rows=0,
         out=cfg.out,
     )
+    max_tokens = int(cfg.params.get("max_tokens") or 0)
+    if cfg.has_prices:
+        v.cost_usd = 0.0
+        v.cost_max_usd = 0.0 if max_tokens else None
     skip = RunDir(cfg.out).skip_ids(cfg.retry_failed) if cfg.out else None
     keys = array("Q")  # 64 bits of each sendable row's request hash: 8 bytes a row
     key_rows = array("q")
@@ -174,11 +178,10 @@ def validate(
             v.requests += 1
             tokens = estimate_prompt(row.content, cfg.system)
             v.prompt_tokens += tokens
-            if cfg.has_prices:
-                v.cost_usd = (v.cost_usd or 0.0) + (cfg.cost(tokens, 0) or 0.0)
-                max_tokens = cfg.params.get("max_tokens")
-                if max_tokens:
-                    v.cost_max_usd = (v.cost_max_usd or 0.0) + (cfg.cost(tokens, int(max_tokens)) or 0.0)
+            if v.cost_usd is not None:  # per row, as a run prices each answer
+                v.cost_usd += cfg.cost(tokens, 0) or 0.0
+            if v.cost_max_usd is not None:
+                v.cost_max_usd += cfg.cost(tokens, max_tokens) or 0.0
             if check_urls:
                 seen = urls.setdefault(row.file_url.strip(), [])
                 if len(seen) < 3:
