@@ -125,18 +125,15 @@ class JobConfig:
             for p in (self.price_prompt_per_1m, self.price_completion_per_1m, self.price_per_request)
         )
 
-    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
-        """Cost of one answered request, or None when no price is configured."""
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None, *, requests: int = 1) -> float | None:
+        """Cost of answered requests (one by default), or None when no price is configured."""
         if not self.has_prices:
             return None
         return (
             (prompt_tokens or 0) * (self.price_prompt_per_1m or 0.0) / 1e6
             + (completion_tokens or 0) * (self.price_completion_per_1m or 0.0) / 1e6
-            + (self.price_per_request or 0.0)
+            + (self.price_per_request or 0.0) * requests
         )
-
-    def estimated_tokens_per_request(self) -> int:
-        return int(self.params.get("max_tokens") or 1000)
 
     def public(self) -> dict[str, Any]:
         """The settings as plain data, without the key: what run.json records."""

@@ -37,6 +37,7 @@ from .errors import (
     UnreadableDocument,
     UsageError,
 )
+from .budget import BudgetGuard, check_before_start, completion_estimate, estimate_rows
 from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .records import Completion, Outcome, Row
@@ -127,6 +128,8 @@ class Run:
         self.aborted = False
         self._stopping = asyncio.Event()
         self._waiting: set[asyncio.Task[Any] | None] = set()
+        self._sending = 0
+        self._completion_estimate = completion_estimate(cfg)
         self._signals = 0
         self._no_channel_streak = 0
         self._started_at = datetime.now(timezone.utc)
@@ -185,6 +188,11 @@ class Run:
             self.stats.prior_ok = statuses.count("ok")
             self.stats.prior_failed = len(statuses) - self.stats.prior_ok if not cfg.retry_failed else 0
             self.stats.prior_done = self.stats.prior_ok + self.stats.prior_failed
+        self.budget = BudgetGuard(cfg)
+        if self.budget.active:
+            why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
+            if why:
+                raise UsageError(f"{why}; nothing was sent")
         self.journal = JournalWriter(self.run_dir, self.run_id, cfg.model)
         self.pacer = Pacer(
             concurrency=cfg.concurrency,
@@ -333,13 +341,17 @@ class Run:
         try:
             self._waiting.add(task)
             try:
-                await pacer.before_attempt(estimate)
+                await pacer.before_attempt(estimate + self._completion_estimate)
             except asyncio.CancelledError:
                 raise _Stopped from None
             finally:
                 self._waiting.discard(task)
             if self.stopping:
                 raise _Stopped
+            if self.budget.active and (why := self.budget.refuse(estimate, self._sending)):
+                self.request_stop(why)
+                raise _Stopped
+            self._sending += 1
             self.stats.requests += 1
             t0 = time.monotonic()
             if self.timings["first_request_s"] is None:
@@ -347,6 +359,7 @@ class Run:
             try:
                 completion = await self.client.complete(row)
             except RequestError as e:
+                self._sending -= 1
                 pacer.failed(rate_limited=isinstance(e, RateLimited), retry_after=e.retry_after)
                 self._check_fatal(e)
                 if type(e) is RetryableError and pacer.breaker.failure(probe=probe):
@@ -359,8 +372,15 @@ class Run:
                     self._abort(fatal)
                     raise fatal from None
                 raise
+            except BaseException:
+                self._sending -= 1
+                raise
+            self._sending -= 1
             latency = time.monotonic() - t0
             self._no_channel_streak = 0
+            if self.budget.active:
+                self.budget.record(completion.total_tokens,
+                                   self.cfg.cost(completion.prompt_tokens, completion.completion_tokens))
             pacer.breaker.success()
             pacer.answered(completion.total_tokens, latency)
             return completion, latency
@@ -392,7 +412,7 @@ class Run:
     async def _process(self, row: Row) -> Outcome | None:
         cfg = self.cfg
         started = time.time()
-        estimate = estimate_prompt(row.content, cfg.system) + cfg.estimated_tokens_per_request()
+        estimate = estimate_prompt(row.content, cfg.system)
         attempts = 0
         limited = 0  # 429s: not processed by the gateway, so not counted against --max-attempts
         unreadable_left = cfg.unreadable_retries
