@@ -52,6 +52,10 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key in ("request_id", "gateway_request_id", "attempt", "error_type", "retry"):
+            value = getattr(record, key, None)
+            if value is not None:
+                data[key] = value
         return orjson.dumps(data).decode()
 
 

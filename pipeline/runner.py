@@ -402,6 +402,9 @@ class Run:
             self._abort(e)
 
     def _abort(self, e: RunFatalError) -> None:
+        if not self.stopping:
+            log.error("aborting: %s [gateway id %s]", e, e.gateway_request_id,
+                      extra={"error_type": e.error_type, "gateway_request_id": e.gateway_request_id})  # fmt: skip
         hint = {
             "auth": "check the API key (--api-key, APICORE_API_KEY or OPENAI_API_KEY)",
             "quota": "top up the key's quota or balance",
@@ -436,9 +439,11 @@ class Run:
             ok = should_retry(e, unreadable_left)
             if isinstance(e, UnreadableDocument):
                 unreadable_left -= 1
-            if ok and isinstance(e, RequestError):
-                log.debug("retry %s after attempt %d: %s [gateway id %s]", row.request_id, attempts, e,
-                          e.gateway_request_id)  # fmt: skip
+            if isinstance(e, RequestError):
+                log.debug("%s %s after attempt %d: %s [gateway id %s]", "retry" if ok else "give up on",
+                          row.request_id, attempts, e, e.gateway_request_id,
+                          extra={"request_id": row.request_id, "gateway_request_id": e.gateway_request_id,
+                                 "attempt": attempts, "error_type": e.error_type, "retry": ok})  # fmt: skip
             return ok
 
         try:
