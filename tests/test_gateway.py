@@ -183,3 +183,15 @@ def test_429s_do_not_use_up_attempts(tmp_path: Path, sim) -> None:
     summary = run(fast_config(manifest, tmp_path / "out", server, max_attempts=2))
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert summary.exit_code == 0 and df.loc[1, "attempts"] == 5
+
+
+def test_tpm_limit_paces_tokens_across_the_pool(tmp_path: Path, sim) -> None:
+    server = sim(latency_s=0.02)
+    manifest = write_csv(tmp_path / "m.csv", make_rows(400))
+    # each request is estimated at ~17 prompt + 50 max_tokens = 67 tokens: a bucket of 1200 tokens
+    # lets ~17 through at once, then 20 tokens/s (one request every ~3.4 s)
+    summary = run(fast_config(manifest, tmp_path / "out", server, tpm=1200, max_tokens=50, concurrency=16,
+                              max_runtime=4))  # fmt: skip
+    times = server.stats()["request_times"]
+    assert summary.exit_code == 3
+    assert 15 <= len(times) <= 20, len(times)
