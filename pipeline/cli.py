@@ -140,7 +140,7 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def build_config(manifest: str | None, opts: dict[str, Any]) -> Any:
+def build_config(manifest: str | None, opts: dict[str, Any], *, require_out: bool = True) -> Any:
     from .config import parse_duration
 
     job = opts.pop("job", None)
@@ -166,7 +166,7 @@ def build_config(manifest: str | None, opts: dict[str, Any]) -> Any:
     cfg = load_config(job, **opts)
     if not cfg.manifest:
         raise UsageError("no manifest: give MANIFEST or set manifest in the job file")
-    if not cfg.out:
+    if require_out and not cfg.out:
         raise UsageError("no output folder: give --out or set out in the job file")
     return cfg, quiet
 
@@ -190,8 +190,9 @@ def run(manifest: str | None, log_level: str, log_format: str, **opts: Any) -> N
       docpipe run --job jobs/contracts.toml --retry-failed
       APICORE_API_KEY=sk-... docpipe run docs.parquet --out out/docs --stream
     """
-    from .report import format_summary, make_progress
+    from .report import format_summary
     from .runner import run as run_job
+    from .summary import format_summary_report, summarize
 
     _setup_logging(log_level, log_format)
     cfg, quiet = build_config(manifest, opts)
@@ -200,10 +201,12 @@ def run(manifest: str | None, log_level: str, log_format: str, **opts: Any) -> N
             "no API key: set APICORE_API_KEY (or OPENAI_API_KEY), name a variable with "
             "api_key_env in the job file, or pass --api-key"
         )
-    progress = make_progress(cfg.progress, cfg.progress_interval)
-    summary = run_job(cfg, progress=progress, install_signals=True)
+    summary = run_job(cfg, install_signals=True)
     if not quiet:
         click.echo(format_summary(summary))
+        if summary.ok + summary.failed:
+            click.echo("")
+            click.echo(format_summary_report(summarize([cfg.out])))
     sys.exit(summary.exit_code)
 
 
@@ -330,17 +333,10 @@ def validate(manifest: str | None, check_urls: bool, url_concurrency: int, url_t
       docpipe validate manifest.csv --out out/tonight
       docpipe validate --job jobs/contracts.toml --check-urls --url-timeout 5
     """
-    from .config import read_job_file
     from .validate import format_validation, validate as check
 
     _setup_logging(log_level, log_format)
-    # build_config insists on an output folder (run needs one); validate reads OUT only when given
-    no_out = opts.get("out") is None and not (opts.get("job") and read_job_file(opts["job"]).get("out"))
-    if no_out:
-        opts["out"] = "."
-    cfg, _quiet = build_config(manifest, opts)
-    if no_out:
-        cfg = cfg.replace(out=None)
+    cfg, _quiet = build_config(manifest, opts, require_out=False)
     report = check(cfg, check_urls=check_urls, url_concurrency=url_concurrency, url_timeout=url_timeout)
     click.echo(_dumps(report.to_dict()) if as_json else format_validation(report))
     sys.exit(report.exit_code)

@@ -289,8 +289,9 @@ class GatewayClient:
         return orjson.dumps({**self._base, "messages": messages})
 
     def redact(self, text: str) -> str:
+        # a key too short to be a real one ("k" in a test) would mangle ordinary words
         key = self.cfg.api_key
-        return text.replace(key, "***") if key and key in text else text
+        return text.replace(key, "***") if key and len(key) >= 8 and key in text else text
 
     async def complete(self, row: Row) -> Completion:
         """Send one attempt for ``row``; return the checked Completion or raise RequestError."""

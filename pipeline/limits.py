@@ -66,6 +66,9 @@ class AdaptiveLimit:
         self._round_limited = 0
         self._round_latency = 0.0
         self._best_latency: float | None = None
+        self._rtt = 1.0  # seconds; replaced by an average of real latencies once known
+        self._rtt_known = False
+        self._last_cut = float("-inf")
         self.cuts = 0
 
     @property
@@ -99,37 +102,50 @@ class AdaptiveLimit:
                 free -= 1
 
     def record(self, *, rate_limited: bool, latency: float | None) -> bool:
-        """Account one completed attempt; True when this closed a round with a cut."""
+        """Account one completed attempt; True when it caused a cut."""
         if not self.adaptive:
             return False
         self._round_done += 1
         if rate_limited:
             self._round_limited += 1
+            # cut as soon as the round has seen more 429s than a stray one or two, but at
+            # most once per round trip: the 429s of one burst are one signal, not many
+            size = max(self.current, MIN_ROUND)
+            if (
+                self._round_limited >= max(2, int(RATE_LIMIT_SHARE * size) + 1)
+                and time.monotonic() - self._last_cut >= self._rtt
+            ):
+                share = self._round_limited / self._round_done
+                return self._cut(1.0 - min(0.5, max(0.1, share / 2)))
         elif latency is not None:
             self._round_latency += latency
+            self._rtt = 0.8 * self._rtt + 0.2 * latency if self._rtt_known else latency
+            self._rtt_known = True
         if self._round_done < max(self.current, MIN_ROUND):
             return False
-        done, limited = self._round_done, self._round_limited
-        answered = done - limited
+        answered = self._round_done - self._round_limited
         mean = self._round_latency / answered if answered else None
-        self._round_done = self._round_limited = 0
-        self._round_latency = 0.0
-        share = limited / done
-        cut = False
-        if share > RATE_LIMIT_SHARE and limited >= 2:
-            self.limit = max(1.0, self.limit * (1.0 - max(0.1, share / 2)))
-            cut = True
-        elif mean is not None and self._best_latency and mean > LATENCY_FACTOR * self._best_latency:
-            self.limit = max(1.0, self.limit * 0.9)
-            cut = True
-        else:
-            self.limit = min(float(self.maximum), self.limit + 1.0)
+        self._new_round()
+        if mean is not None and self._best_latency and mean > LATENCY_FACTOR * self._best_latency:
+            if mean is not None and (self._best_latency is None or mean < self._best_latency):
+                self._best_latency = mean
+            return self._cut(0.9)
         if mean is not None and (self._best_latency is None or mean < self._best_latency):
             self._best_latency = mean
-        if cut:
-            self.cuts += 1
+        self.limit = min(float(self.maximum), self.limit + 1.0)
         self._wake()
-        return cut
+        return False
+
+    def _cut(self, factor: float) -> bool:
+        self.limit = max(1.0, self.limit * factor)
+        self.cuts += 1
+        self._last_cut = time.monotonic()
+        self._new_round()
+        return True
+
+    def _new_round(self) -> None:
+        self._round_done = self._round_limited = 0
+        self._round_latency = 0.0
 
 
 class Breaker:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import secrets
 import signal
 import time
@@ -361,6 +362,8 @@ class Run:
             except RequestError as e:
                 self._sending -= 1
                 pacer.failed(rate_limited=isinstance(e, RateLimited), retry_after=e.retry_after)
+                if isinstance(e, RateLimited) and e.retry_after is None and cfg_hold(self.cfg):
+                    await self._sleep(random.uniform(0.5, 1.0) * cfg_hold(self.cfg))
                 self._check_fatal(e)
                 if type(e) is RetryableError and pacer.breaker.failure(probe=probe):
                     fatal = RunFatalError(
@@ -638,6 +641,11 @@ class Run:
         self.run_dir.write_run_info(info)
 
 
+def cfg_hold(cfg: JobConfig) -> float:
+    """How long a row that got an anonymous 429 keeps its slot (see limits.AdaptiveLimit)."""
+    return min(cfg.backoff_initial, 1.0) if cfg.adaptive else 0.0
+
+
 def _drain(queue: asyncio.Queue[Row | None], workers: int) -> None:
     while True:
         try:
@@ -730,18 +738,24 @@ async def run_async(cfg: JobConfig, *, progress: Any = None, install_signals: bo
     return await Run(cfg, progress=progress, install_signals=install_signals).execute()
 
 
-def run(cfg: JobConfig | None = None, *, progress: Any = None, install_signals: bool = False, **settings: Any) -> RunSummary:
+def run(cfg: JobConfig | None = None, *, display: Any = None, install_signals: bool = False,
+        **settings: Any) -> RunSummary:  # fmt: skip
     """Run a job to the end and return its :class:`RunSummary`.
 
-    ``run(load_config("jobs/x.toml"))`` or ``run(manifest="m.csv", out="out", concurrency=32)``.
+    ``run(load_config("jobs/x.toml"))`` or ``run(manifest="m.csv", out="out", concurrency=32)``;
+    settings are :class:`~pipeline.config.JobConfig` fields (``progress="none"`` for silence).
+    ``display`` replaces the progress display the ``progress`` setting would pick.
     Raises :class:`~pipeline.errors.UsageError` for bad input before anything is sent."""
     from .config import load_config
+    from .report import make_progress
 
     if cfg is None:
         cfg = load_config(**settings)
     elif settings:
         cfg = cfg.replace(**settings)
-    return _run_loop(run_async(cfg, progress=progress, install_signals=install_signals))
+    if display is None:
+        display = make_progress(cfg.progress, cfg.progress_interval)
+    return _run_loop(run_async(cfg, progress=display, install_signals=install_signals))
 
 
 def _run_loop(coro: Any) -> Any:

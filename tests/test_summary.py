@@ -182,3 +182,12 @@ def test_merge_refuses_to_write_into_a_run_folder(tmp_path: Path, sim) -> None:
     run(fast_config(manifest, tmp_path / "b", server, model="gpt-4o-mini"))
     r = cli("merge", str(tmp_path / "a"), "--out", str(tmp_path / "b"))
     assert r.returncode == 2 and "journal" in r.stderr
+
+
+def test_summary_of_a_run_without_results_file_reads_its_journal(finished: Path) -> None:
+    expected = pd.read_parquet(finished / "results.parquet")
+    (finished / "results.parquet").unlink()  # as after kill -9, before compaction
+    s = summarize([finished])
+    assert s["rows"] == len(expected)
+    assert s["tokens"]["total"] == int(expected["total_tokens"].sum())
+    assert s["failed_rows"] == 3
