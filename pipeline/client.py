@@ -10,6 +10,7 @@ aiohttp session around them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from typing import Any, AsyncIterator, Iterable, Mapping
@@ -323,7 +324,8 @@ class GatewayClient:
         if completion.prompt_tokens is None and self.cfg.stream:
             prompt = estimate_prompt(row.content, self.cfg.system)
             done = estimate_text(completion.answer)
-            completion = _with_usage(completion, prompt, done)
+            completion = dataclasses.replace(completion, prompt_tokens=prompt, completion_tokens=done,
+                                             total_tokens=prompt + done, usage_estimated=True)  # fmt: skip
         return self._check(completion)
 
     async def get_json(self, path: str) -> Any:
@@ -351,21 +353,6 @@ class GatewayClient:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise RetryableError(f"{path}: answer is not JSON", error_type="malformed_response") from None
-
-
-def _with_usage(c: Completion, prompt: int, completion: int) -> Completion:
-    return Completion(
-        answer=c.answer,
-        finish_reason=c.finish_reason,
-        response_model=c.response_model,
-        response_id=c.response_id,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        gateway_request_id=c.gateway_request_id,
-        http_status=c.http_status,
-        usage_estimated=True,
-    )
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
