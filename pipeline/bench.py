@@ -21,7 +21,7 @@ Figures of one run (:class:`RunResult`):
 - ``peak_rss_mb``: ``ru_maxrss`` of the client.
 - ``first_request_s``, ``compaction_s``: ``timings`` from ``OUT/_run.json``;
   ``spawn_to_first_request_s`` adds interpreter start-up and imports.
-- ``sim_cpu_share``: simulator CPU seconds / request window; near 1.0 means the
+- ``sim_cpu_share``: simulator CPU seconds / client wall time; near 1.0 means the
   simulator, not the client, was the limit.
 - ``resume_s`` (``--resume-check``): the same command again, spawn to exit.
 """
@@ -263,8 +263,9 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
         window = times[-1] - times[0] + spec.latency
         throughput = (len(times) - 1) / (times[-1] - times[0]) if len(times) < requests else requests / window
     else:
-        window, throughput = 0.0, 0.0
-    sim_share = (cpu1 - cpu0) / window if cpu0 is not None and cpu1 is not None and window > 0 else None
+        throughput = 0.0
+    # over the client's wall time: the simulator keeps only the last 200 000 arrival times
+    sim_share = (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None else None
     cpu = usage.ru_utime + usage.ru_stime
     bound = spec.bound_rps
     return RunResult(

@@ -21,7 +21,9 @@ import string
 from urllib.parse import urlsplit
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import numpy as np
 
 import orjson
 import pyarrow as pa
@@ -31,6 +33,7 @@ import pyarrow.parquet as pq
 
 from .config import DEFAULT_TEMPLATE, JobConfig
 from .errors import ManifestError
+from .idset import IdIndex, hash_ids
 from .records import Row
 
 URL_ALIASES = ("file_url", "url", "file")
@@ -258,21 +261,22 @@ class Manifest:
             if batch.num_rows:
                 yield batch, ids, contents
 
-    def rows(self, skip: pa.Array | None = None) -> Iterator[list[Row]]:
+    def rows(self, skip: IdIndex | None = None) -> Iterator[list[Row]]:
         """Batches of rows to process, minus those whose request_id is in ``skip``."""
         c = self.columns
         for batch, ids, contents in self.views():
+            id_list = ids.to_pylist()
+            positions: Any
             if skip is not None and len(skip):
-                keep = pc.invert(pc.is_in(ids, value_set=skip))
-                if not pc.any(keep).as_py():
+                keep = ~skip.contains(hash_ids(id_list))
+                if not keep.any():
                     continue
-                positions = pc.indices_nonzero(keep).to_pylist()
+                positions = np.flatnonzero(keep).tolist()
             else:
                 positions = range(batch.num_rows)
             urls = _as_text(batch.column(c.file_url))
             questions = _as_text(batch.column(c.question))
             row_index = batch.column("__row_index").to_pylist()
-            id_list = ids.to_pylist()
             out = []
             for i in positions:
                 url, q = urls[i], questions[i]

@@ -33,7 +33,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -43,6 +43,7 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from .errors import StorageError
+from .idset import IdIndex, hash_ids
 from .records import Outcome
 
 RESULTS_FILE = "results.parquet"
@@ -51,6 +52,7 @@ JOURNAL_DIR = "_journal"
 LOCK_FILE = ".lock"
 _PART = re.compile(r"^(part|log)-(\d{9})\.(parquet|jsonl)$")
 TS = pa.timestamp("us", tz="UTC")
+ROW_GROUP_ROWS = 65536
 
 #: Journal columns, in order; every one is an Outcome field except run_id and model.
 JOURNAL_SCHEMA = pa.schema(
@@ -180,7 +182,8 @@ def atomic_write_table(path: Path, tables: Iterable[pa.Table | pa.RecordBatch], 
                 if t.num_rows:
                     if isinstance(t, pa.RecordBatch):
                         t = pa.Table.from_batches([t], schema=schema)
-                    writer.write_table(t)
+                    # bounded row groups: a reader (resume, compaction) decodes one at a time
+                    writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
                     rows += t.num_rows
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -228,6 +231,9 @@ class RunDir:
         for folder in (self.path, self.journal):
             for p in folder.glob(".*.tmp"):
                 _unlink(p)
+        for p in self.parts():
+            if p.suffix == ".jsonl":
+                repair_log(p)
 
     def _lock(self) -> None:
         import fcntl
@@ -266,36 +272,37 @@ class RunDir:
         atomic_write_table(path, [table], table.schema)
         return path
 
-    def read_journal(self, columns: list[str] | None = None) -> pa.Table:
-        tables = []
+    def iter_journal(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Every journal record in sequence order, in bounded batches."""
         for p in self.parts():
             try:
                 if p.suffix == ".jsonl":
-                    t = read_log(p)
-                    if t is None:
-                        continue
-                    tables.append(t.select(columns) if columns else t)
+                    for batch in iter_log(p):
+                        yield batch.select(columns) if columns else batch
                 else:
-                    tables.append(pq.read_table(p, columns=columns, schema=None))
+                    yield from pq.ParquetFile(p).iter_batches(batch_size=65536, columns=columns)
             except (pa.ArrowInvalid, OSError) as e:
                 raise StorageError(f"{p}: journal file is unreadable: {e}") from None
-        if not tables:
-            schema = JOURNAL_SCHEMA if columns is None else pa.schema([JOURNAL_SCHEMA.field(c) for c in columns])
-            return schema.empty_table()
-        return pa.concat_tables(tables, promote_options="default")
+
+    def read_journal(self, columns: list[str] | None = None) -> pa.Table:
+        schema = JOURNAL_SCHEMA if columns is None else pa.schema([JOURNAL_SCHEMA.field(c) for c in columns])
+        return pa.Table.from_batches(list(self.iter_journal(columns)), schema=schema)
 
     def latest(self, columns: list[str] | None = None) -> pa.Table:
-        """The newest outcome per request_id."""
-        table = self.read_journal(columns)
-        return latest_per_id(table)
+        """The newest outcome per request_id (whole table in memory: for small folders
+        and the id/status columns; compaction streams instead)."""
+        return latest_per_id(self.read_journal(columns))
 
-    def skip_ids(self, retry_failed: bool) -> pa.Array:
-        """request_ids a run must not send again: all with an outcome, or only the ok
-        ones under --retry-failed. Vectorised: no per-row Python objects."""
-        latest = self.latest(["request_id", "status"])
+    def skip_index(self, retry_failed: bool, prior: pa.Table | None = None) -> IdIndex:
+        """The request_ids a run must not send again: all with an outcome, or only the
+        ok ones under --retry-failed. 8 bytes per id, no per-row Python objects kept."""
+        latest = self.latest(["request_id", "status"]) if prior is None else prior
         if retry_failed:
             latest = latest.filter(pc.equal(latest["status"], "ok"))
-        return latest["request_id"].combine_chunks()
+        return IdIndex(hash_ids(latest["request_id"]))
+
+    def skip_ids(self, retry_failed: bool) -> IdIndex:
+        return self.skip_index(retry_failed)
 
     def fold(self, latest: pa.Table) -> None:
         """Replace all parts by one holding only the latest outcomes. Crash-safe: the new
@@ -338,29 +345,50 @@ _LOG_SCHEMA = pa.schema(
 )
 
 
-def read_log(path: Path) -> pa.Table | None:
-    """A journal log as a table; a torn last line (crash mid-write) is dropped."""
-    with pa.memory_map(str(path)) as mm:
-        size = mm.size()
-        if size == 0:
-            return None
-        data = mm.read_buffer(size)
-        end = size
-        if data[size - 1 : size].to_pybytes() != b"\n":
-            tail = data.to_pybytes()[-1 << 20 :] if size > (1 << 20) else data.to_pybytes()
-            cut = tail.rfind(b"\n")
-            end = (size - len(tail)) + cut + 1 if cut >= 0 else 0
+def repair_log(path: Path) -> None:
+    """Cut a torn last line (a crash mid-write) off a log we hold the lock for."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(max(0, size - (1 << 20)))
+        tail = f.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        keep = size - len(tail) + cut + 1 if cut >= 0 else 0
+        if cut < 0 and size > len(tail):
+            raise StorageError(f"{path}: journal line longer than 1 MiB; cannot repair")
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def iter_log(path: Path) -> Iterator[pa.RecordBatch]:
+    """A journal log in batches, typed; a torn last line (crash mid-write) is dropped."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 1))
+        whole = f.read(1) == b"\n"
+    if whole:
+        source: Any = str(path)
+    else:  # someone else's crashed run, read without the lock: keep the whole lines in memory
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1
         if end == 0:
-            return None
-        table = pj.read_json(
-            pa.BufferReader(data.slice(0, end)),
-            read_options=pj.ReadOptions(block_size=8 << 20),
-            parse_options=pj.ParseOptions(explicit_schema=_LOG_SCHEMA, unexpected_field_behavior="ignore"),
-        )
-    for name in ("started_at", "completed_at"):
-        i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, table[name].cast(TS))
-    return table.select(JOURNAL_SCHEMA.names)
+            return
+        source = pa.BufferReader(data[:end])
+    reader = pj.open_json(
+        source,
+        read_options=pj.ReadOptions(block_size=4 << 20),
+        parse_options=pj.ParseOptions(explicit_schema=_LOG_SCHEMA, unexpected_field_behavior="ignore"),
+    )
+    for batch in reader:
+        arrays = [batch.column(n).cast(TS) if f.type == TS else batch.column(n)
+                  for n, f in zip(JOURNAL_SCHEMA.names, JOURNAL_SCHEMA)]  # fmt: skip
+        yield pa.RecordBatch.from_arrays(arrays, schema=JOURNAL_SCHEMA)
 
 
 _FIELDS = [n for n in JOURNAL_SCHEMA.names if n not in ("run_id", "model")]
@@ -434,59 +462,3 @@ def output_schema(manifest_fields: Sequence[pa.Field]) -> pa.Schema:
     fields += [JOURNAL_SCHEMA.field(n) for n in OUTCOME_COLUMNS]
     schema = pa.schema(fields)
     return schema.with_metadata(pandas_metadata(schema.names))
-
-
-def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = 65536) -> int:
-    """Rebuild results.parquet from the journal in manifest order; fold the journal.
-
-    Memory holds the latest outcomes and one manifest chunk, never the joined table.
-    Returns the number of rows written."""
-    latest = run_dir.latest()
-    cols = manifest.columns
-    passthrough_fields = [
-        pa.field(out, manifest.schema.field(src).type if manifest.format == "parquet" else pa.string())
-        for src, out in zip(cols.passthrough, cols.output_names)
-    ]
-    schema = output_schema(passthrough_fields)
-    outcome_ids = latest["request_id"].combine_chunks()
-    outcome_cols = latest.select(OUTCOME_COLUMNS)
-
-    def batches() -> Iterable[pa.Table]:
-        pending: list[tuple[pa.RecordBatch, pa.Array]] = []
-        size = 0
-        for batch, ids, _contents in manifest.views():
-            pending.append((batch, ids))
-            size += batch.num_rows
-            if size >= chunk_rows:
-                yield _join(pending, outcome_ids, outcome_cols, cols, schema)
-                pending, size = [], 0
-        if pending:
-            yield _join(pending, outcome_ids, outcome_cols, cols, schema)
-
-    rows = atomic_write_table(run_dir.results, batches(), schema)
-    run_dir.fold(latest)
-    return rows
-
-
-def _join(
-    pending: list[tuple[pa.RecordBatch, pa.Array]],
-    outcome_ids: pa.Array,
-    outcome_cols: pa.Table,
-    cols: Any,
-    schema: pa.Schema,
-) -> pa.Table:
-    table = pa.Table.from_batches([b for b, _ in pending])
-    ids = pa.chunked_array([i for _, i in pending], pa.string()).combine_chunks()
-    where = pc.index_in(ids, value_set=outcome_ids)
-    has = pc.is_valid(where)
-    table, ids, where = table.filter(has), ids.filter(has), where.filter(has)
-    taken = outcome_cols.take(where)
-    arrays = [ids, _text(table[cols.file_url]), _text(table[cols.question])]
-    for src, field in zip(cols.passthrough, schema.names[3 : 3 + len(cols.passthrough)]):
-        arrays.append(table[src].cast(schema.field(field).type))
-    arrays += [taken[n] for n in OUTCOME_COLUMNS]
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    return col if pa.types.is_string(col.type) else col.cast(pa.string())

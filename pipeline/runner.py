@@ -15,6 +15,7 @@ requests finish within the grace period; rows never answered stay *pending*
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -38,15 +39,19 @@ from .errors import (
     UnreadableDocument,
     UsageError,
 )
+import pyarrow.compute as pc
+
 from .budget import BudgetGuard, check_before_start, completion_estimate, estimate_rows
 from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .records import Completion, Outcome, Row
-from .results import JournalWriter, RunDir, compact
+from .compaction import compact
+from .results import JournalWriter, RunDir, atomic_write_bytes
 from .retry import retrying, should_retry
 from .tokens import estimate_prompt
 
 log = logging.getLogger("docpipe")
+COMPACTED_MARK = ".compacted.json"  # what results.parquet was last built from
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
 #: 429s do not use up --max-attempts, but a row never sends more than this many times that
@@ -181,14 +186,14 @@ class Run:
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
-        skip = self.run_dir.skip_ids(cfg.retry_failed)
+        prior = self.run_dir.latest(["request_id", "status"])
+        skip = self.run_dir.skip_index(cfg.retry_failed, prior)
         self.rows_total = manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows)
-        prior = self.run_dir.latest(["request_id", "status"]) if len(skip) else None
-        if prior is not None:
-            statuses = prior["status"].to_pylist()
-            self.stats.prior_ok = statuses.count("ok")
-            self.stats.prior_failed = len(statuses) - self.stats.prior_ok if not cfg.retry_failed else 0
+        if prior.num_rows:
+            self.stats.prior_ok = pc.sum(pc.equal(prior["status"], "ok")).as_py() or 0
+            self.stats.prior_failed = prior.num_rows - self.stats.prior_ok if not cfg.retry_failed else 0
             self.stats.prior_done = self.stats.prior_ok + self.stats.prior_failed
+        del prior
         self.budget = BudgetGuard(cfg)
         if self.budget.active:
             why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
@@ -254,11 +259,12 @@ class Run:
             self.request_stop(str(e))
         finally:
             self.journal.close()
-        if storage_error is None:
+        if storage_error is None and not self._results_current(manifest):
             try:
                 t0 = time.monotonic()
                 await asyncio.to_thread(compact, self.run_dir, manifest)
                 self.timings["compaction_s"] = round(time.monotonic() - t0, 4)
+                self._mark_results_current(manifest)
             except OSError as e:
                 storage_error = StorageError(f"{self.run_dir.results}: cannot write results: {e.strerror or e}")
                 self.request_stop(str(storage_error))
@@ -270,6 +276,29 @@ class Run:
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)
         return summary
+
+    def _results_fingerprint(self, manifest: Manifest) -> dict[str, Any]:
+        st = os.stat(manifest.path)
+        return {"journal": [p.name for p in self.run_dir.parts()],
+                "manifest": [os.path.abspath(manifest.path), st.st_size, st.st_mtime_ns],
+                "scope": [self.cfg.limit, self.cfg.shard, self.cfg.model, self.cfg.system,
+                          dict(self.cfg.params), self.cfg.template, self.cfg.id_column,
+                          self.cfg.file_url_column, self.cfg.question_column]}  # fmt: skip
+
+    def _results_current(self, manifest: Manifest) -> bool:
+        """True when nothing was journaled and results.parquet already reflects this
+        manifest and journal: a resume with nothing to do skips compaction."""
+        if self.journal.written or not self.run_dir.results.exists():
+            return False
+        try:
+            mark = json.loads((self.run_dir.journal / COMPACTED_MARK).read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(mark == json.loads(json.dumps(self._results_fingerprint(manifest))))
+
+    def _mark_results_current(self, manifest: Manifest) -> None:
+        data = json.dumps(self._results_fingerprint(manifest)).encode()
+        atomic_write_bytes(self.run_dir.journal / COMPACTED_MARK, data)
 
     async def _produce(self, manifest: Manifest, skip: Any, queue: asyncio.Queue[Row | None]) -> None:
         now = time.time

@@ -31,10 +31,9 @@ from typing import Any, Iterable
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from .config import JobConfig
+from .idset import IdIndex, hash_ids
 from .manifest import Manifest
 from .results import RunDir
 from .tokens import estimate_prompt
@@ -193,11 +192,10 @@ def validate(
     return v
 
 
-def _done_mask(batch: list[Any], skip: pa.Array | None) -> Iterable[bool]:
+def _done_mask(batch: list[Any], skip: IdIndex | None) -> Iterable[bool]:
     if skip is None or not len(skip) or not batch:
         return [False] * len(batch)
-    ids = pa.array([r.request_id for r in batch], pa.string())
-    return pc.is_in(ids, value_set=skip).to_pylist()  # type: ignore[no-any-return]
+    return skip.contains(hash_ids([r.request_id for r in batch])).tolist()  # type: ignore[no-any-return]
 
 
 def _duplicates(keys: array, rows: array) -> tuple[int, list[list[int]]]:

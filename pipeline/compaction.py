@@ -1,0 +1,191 @@
+"""Compaction: rebuild ``results.parquet`` from the journal, in manifest order, in bounded memory.
+
+1. One pass over the manifest (in scope: after --shard/--limit) gives every row's
+   request_id hash, in order (8 bytes a row).
+2. One pass over the journal, in sequence order, sends each outcome to the spill
+   file of the manifest chunk (``chunk_rows`` rows) where its id first appears;
+   outcomes for ids no longer in the manifest go to an orphan spill.
+3. A second pass over the manifest, chunk by chunk, joins each chunk with its
+   spill file (latest outcome per id) and appends a row group to results.parquet;
+   the same latest outcomes, plus the orphans, stream into the folded journal part.
+
+Memory holds the id hashes, one chunk of manifest rows and one chunk of outcomes,
+never the whole table, whatever the length of the manifest or of the answers.
+A manifest that repeats a request (identical rows without ``id``) is compacted
+in memory instead, since one outcome must then reach several chunks.
+
+Crash safety: results.parquet and the folded part are each written to a temp
+file, fsync'd and renamed; the old journal files are removed only after the
+folded part is durable, and a crash in between leaves duplicates that resolve to
+the same latest outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .idset import IdIndex, hash_ids
+from .results import (
+    JOURNAL_SCHEMA,
+    OUTCOME_COLUMNS,
+    _FILE_MODE,
+    RunDir,
+    _fault_pause,
+    _unlink,
+    atomic_write_table,
+    fsync_dir,
+    latest_per_id,
+    output_schema,
+)
+
+CHUNK_ROWS = 65536
+
+
+def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS) -> int:
+    """Rebuild results.parquet and fold the journal; returns the rows written."""
+    schema = _schema(manifest)
+    index = IdIndex.of(hash_ids(ids) for _batch, ids, _c in manifest.views())
+    if index.has_duplicates:
+        return _compact_in_memory(run_dir, manifest, schema)
+    old = run_dir.parts()
+    spill = run_dir.journal / ".spill"
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir()
+    try:
+        _spill(run_dir, index, spill, chunk_rows)
+        fold_tmp = Path(tempfile.mkstemp(prefix=".fold.", suffix=".tmp", dir=run_dir.journal)[1])
+        with pq.ParquetWriter(fold_tmp, JOURNAL_SCHEMA, compression="zstd") as fold:
+            rows = atomic_write_table(run_dir.results, _joined(manifest, spill, chunk_rows, schema, fold), schema)
+            orphans = _latest_of(spill / "orphans.parquet")
+            if orphans is not None:
+                fold.write_table(orphans)
+        _replace_journal(run_dir, old, fold_tmp)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return rows
+
+
+def _schema(manifest: Any) -> pa.Schema:
+    cols = manifest.columns
+    return output_schema([
+        pa.field(out, manifest.schema.field(src).type if manifest.format == "parquet" else pa.string())
+        for src, out in zip(cols.passthrough, cols.output_names)
+    ])  # fmt: skip
+
+
+def _spill(run_dir: RunDir, index: IdIndex, spill: Path, chunk_rows: int) -> None:
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for batch in run_dir.iter_journal():
+            chunk = index.positions(hash_ids(batch.column("request_id"))) // chunk_rows
+            chunk[chunk < 0] = -1
+            for k in np.unique(chunk):
+                part = batch.filter(pa.array(chunk == k))
+                writer = writers.get(int(k))
+                if writer is None:
+                    name = "orphans" if k < 0 else f"chunk-{int(k):07d}"
+                    writer = writers[int(k)] = pq.ParquetWriter(spill / f"{name}.parquet", JOURNAL_SCHEMA)
+                writer.write_batch(part)
+    finally:
+        for w in writers.values():
+            w.close()
+
+
+def _latest_of(path: Path) -> pa.Table | None:
+    """Latest outcome per id of one spill file (written in journal order)."""
+    if not path.exists():
+        return None
+    return latest_per_id(pq.read_table(path))
+
+
+def _chunks(manifest: Any, chunk_rows: int) -> Iterator[tuple[int, pa.Table, pa.Array]]:
+    """The manifest in scope, re-cut into chunks of exactly ``chunk_rows`` rows."""
+    pending: list[tuple[pa.RecordBatch, pa.Array]] = []
+    size = 0
+    k = 0
+    for batch, ids, _c in manifest.views():
+        while batch.num_rows:
+            take = min(batch.num_rows, chunk_rows - size)
+            pending.append((batch.slice(0, take), ids.slice(0, take)))
+            batch, ids = batch.slice(take), ids.slice(take)
+            size += take
+            if size == chunk_rows:
+                yield k, *_concat(pending)
+                pending, size, k = [], 0, k + 1
+    if pending:
+        yield k, *_concat(pending)
+
+
+def _concat(pending: list[tuple[pa.RecordBatch, pa.Array]]) -> tuple[pa.Table, pa.Array]:
+    table = pa.Table.from_batches([b for b, _ in pending])
+    ids = pa.chunked_array([i for _, i in pending], pa.string()).combine_chunks()
+    return table, ids
+
+
+def _joined(
+    manifest: Any, spill: Path, chunk_rows: int, schema: pa.Schema, fold: pq.ParquetWriter
+) -> Iterator[pa.Table]:
+    for k, table, ids in _chunks(manifest, chunk_rows):
+        outcomes = _latest_of(spill / f"chunk-{k:07d}.parquet")
+        if outcomes is None:
+            continue
+        fold.write_table(outcomes)
+        yield join(table, ids, outcomes, manifest.columns, schema)
+
+
+def join(table: pa.Table, ids: pa.Array, outcomes: pa.Table, cols: Any, schema: pa.Schema) -> pa.Table:
+    """Manifest rows that have an outcome, with its columns, in manifest order."""
+    where = pc.index_in(ids, value_set=outcomes["request_id"].combine_chunks())
+    has = pc.is_valid(where)
+    table, ids, where = table.filter(has), ids.filter(has), where.filter(has)
+    taken = outcomes.select(OUTCOME_COLUMNS).take(where)
+    arrays = [ids, _text(table[cols.file_url]), _text(table[cols.question])]
+    for src, name in zip(cols.passthrough, cols.output_names):
+        arrays.append(table[src].cast(schema.field(name).type))
+    arrays += [taken[n] for n in OUTCOME_COLUMNS]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return col if pa.types.is_string(col.type) else col.cast(pa.string())
+
+
+def _replace_journal(run_dir: RunDir, old: list[Path], fold_tmp: Path) -> None:
+    """Make the folded part durable under the next sequence number, then drop the old files."""
+    with open(fold_tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(fold_tmp, _FILE_MODE)
+    if not old or (len(old) == 1 and old[0].suffix == ".parquet" and pq.read_metadata(old[0]).num_rows
+                   == pq.read_metadata(fold_tmp).num_rows):  # fmt: skip
+        _unlink(fold_tmp)  # already folded: nothing to gain from a rewrite
+        return
+    target = run_dir.journal / f"part-{run_dir.next_seq():09d}.parquet"
+    fold_tmp.replace(target)
+    fsync_dir(run_dir.journal)
+    _fault_pause("fold")
+    for p in old:
+        _unlink(p)
+    fsync_dir(run_dir.journal)
+
+
+def _compact_in_memory(run_dir: RunDir, manifest: Any, schema: pa.Schema) -> int:
+    latest = run_dir.latest()
+
+    def tables() -> Iterator[pa.Table]:
+        for _k, table, ids in _chunks(manifest, CHUNK_ROWS):
+            yield join(table, ids, latest, manifest.columns, schema)
+
+    rows = atomic_write_table(run_dir.results, tables(), schema)
+    old = run_dir.parts()
+    if old and not (len(old) == 1 and old[0].suffix == ".parquet"):
+        run_dir.fold(latest)
+    return rows
