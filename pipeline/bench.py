@@ -230,6 +230,15 @@ def _tail(path: Path, lines: int = 5) -> str:
     return ""
 
 
+def _throughput(times: list[float], requests: int, latency: float) -> float:
+    """Requests/s from the simulator's arrival times (see the module docstring)."""
+    if len(times) < 2:
+        return 0.0
+    if len(times) < requests:  # the simulator keeps only the last 200 000: their own rate
+        return (len(times) - 1) / (times[-1] - times[0])
+    return requests / (times[-1] - times[0] + latency)
+
+
 def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunResult:
     """Run ``spec`` once: fresh simulator, fresh manifest and output folder."""
     work.mkdir(parents=True, exist_ok=True)
@@ -257,13 +266,9 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
             resume = run_client([sys.executable, *run], work / "resume.err")
             resume_requests = sim.stats()["requests"]
     timings = info.get("timings", {})
-    times: list[float] = st["request_times"]  # arrival times; the simulator keeps the last 200 000
+    times: list[float] = st["request_times"]
     requests = st["requests"]
-    if len(times) >= 2:
-        window = times[-1] - times[0] + spec.latency
-        throughput = (len(times) - 1) / (times[-1] - times[0]) if len(times) < requests else requests / window
-    else:
-        throughput = 0.0
+    throughput = _throughput(times, requests, spec.latency)
     # over the client's wall time: the simulator keeps only the last 200 000 arrival times
     sim_share = (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None else None
     cpu = usage.ru_utime + usage.ru_stime

@@ -47,7 +47,7 @@ from .results import (
     output_schema,
 )
 
-CHUNK_ROWS = 65536
+CHUNK_ROWS = 16384
 
 
 def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS) -> int:

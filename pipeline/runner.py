@@ -200,6 +200,7 @@ class Run:
             if why:
                 raise UsageError(f"{why}; nothing was sent")
         self.journal = JournalWriter(self.run_dir, self.run_id, cfg.model)
+        self.journal.on_error = lambda e: self.request_stop(str(e))
         self.pacer = Pacer(
             concurrency=cfg.concurrency,
             adaptive=cfg.adaptive,

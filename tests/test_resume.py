@@ -219,8 +219,11 @@ def test_full_disk_stops_the_run_and_keeps_what_was_written(tmp_path: Path, sim)
     again = cli(*args)
     assert again.returncode == 0, again.stderr
     assert_complete(out, rows)
-    # what the full disk run had written stayed readable and was not paid for again
-    assert server.stats()["duplicate_ok"] <= 8
+    # what the full disk run had written stayed readable and was not paid for again; lost are
+    # only the requests in flight and the outcomes of the one write that failed (both <= concurrency)
+    resent = server.stats()["duplicate_ok"]
+    print(f"full disk: re-sent answers {resent}")
+    assert resent <= 2 * 8
 
 
 def cli_cmd(args: list[str]) -> list[str]:
