@@ -23,6 +23,9 @@ Figures of one run (:class:`RunResult`):
   ``spawn_to_first_request_s`` adds interpreter start-up and imports.
 - ``sim_cpu_share``: simulator CPU seconds / client wall time; near 1.0 means the
   simulator, not the client, was the limit.
+- ``foreign_cpu_share``: cores busy with *other* processes during the run (machine
+  total from /proc/stat minus client and simulator); above ``BUSY_SHARE`` the line
+  is flagged, since a second job on a 2-core machine halves every figure.
 - ``resume_s`` (``--resume-check``): the same command again, spawn to exit.
 """
 
@@ -46,6 +49,8 @@ from typing import Any, Iterator
 #: timeout, 429 without Retry-After needs our own back-off, truncated JSON in a 200).
 DEFAULT_FAULTS = ("hang", "429", "truncated", "500", "502_html", "disconnect", "empty_choices")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Cores' worth of CPU used by other processes above which a run's figures are flagged.
+BUSY_SHARE = 0.15
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class RunResult:
     compaction_s: float | None
     sim_max_in_flight: int
     sim_cpu_share: float | None
+    foreign_cpu_share: float | None  # cores busy with other processes during the run
     resume_s: float | None = None
     resume_requests: int | None = None
     resume_exit_code: int | None = None
@@ -152,6 +158,16 @@ def _cpu_seconds(pid: int) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
 class Simulator:
@@ -252,10 +268,10 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
             run += ["--timeout", str(spec.timeout)]
         prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
         sim_t0 = sim.reset()
-        cpu0 = sim.cpu_seconds()
+        cpu0, busy0 = sim.cpu_seconds(), _busy_seconds()
         spawned = time.monotonic()
         code, wall, usage = run_client(prefix + run, work / "client.err")
-        cpu1 = sim.cpu_seconds()
+        cpu1, busy1 = sim.cpu_seconds(), _busy_seconds()
         st = sim.stats()
         # read before a resume run overwrites it
         info = json.loads((out / "_run.json").read_text()) if (out / "_run.json").exists() else {}
@@ -273,6 +289,11 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
     sim_share = (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None else None
     cpu = usage.ru_utime + usage.ru_stime
     bound = spec.bound_rps
+    # CPU that neither the client nor the simulator used: another job on the machine
+    # skews every figure, so say so rather than report it as the client's
+    foreign = None
+    if busy0 is not None and busy1 is not None and sim_share is not None:
+        foreign = max(0.0, (busy1 - busy0 - cpu - sim_share * wall) / wall)
     return RunResult(
         spec=spec,
         exit_code=code,
@@ -293,6 +314,7 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
         compaction_s=timings.get("compaction_s"),
         sim_max_in_flight=st["max_in_flight"],
         sim_cpu_share=round(sim_share, 3) if sim_share is not None else None,
+        foreign_cpu_share=round(foreign, 3) if foreign is not None else None,
         resume_s=round(resume[1], 3) if resume else None,
         resume_requests=resume_requests,
         resume_exit_code=resume[0] if resume else None,
@@ -376,12 +398,13 @@ def run_line(label: str, r: RunResult) -> str:
     s = r.spec
     faults = f" faults={s.fault_rate:g}" if s.fault_rate else ""
     resume = f" resume={r.resume_s}s/{r.resume_requests}req" if r.resume_s is not None else ""
+    busy = " [MACHINE BUSY: figures skewed]" if (r.foreign_cpu_share or 0) > BUSY_SHARE else ""
     return (
         f"{label}: N={s.rows} C={s.concurrency} L={s.latency:g}s{faults} exit={r.exit_code} "
         f"ok={r.ok} requests={r.requests} wall={r.wall_s}s rate={r.throughput_rps}/s "
         f"bound={r.bound_rps:g}/s ratio={r.ratio:.1%} (wall {r.wall_ratio:.1%}) "
         f"cpu={r.cpu_us_per_request}us/req ({r.client_cpu_share:.0%} of a core) rss={r.peak_rss_mb}MB first_req={r.first_request_s}s "
-        f"(from spawn {r.spawn_to_first_request_s}s) compaction={r.compaction_s}s sim_cpu={r.sim_cpu_share}{resume}"
+        f"(from spawn {r.spawn_to_first_request_s}s) compaction={r.compaction_s}s sim_cpu={r.sim_cpu_share} other_cpu={r.foreign_cpu_share}{resume}{busy}"
     )
 
 

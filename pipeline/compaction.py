@@ -65,7 +65,7 @@ def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS) -> int
         fold_tmp = Path(tempfile.mkstemp(prefix=".fold.", suffix=".tmp", dir=run_dir.journal)[1])
         with pq.ParquetWriter(fold_tmp, JOURNAL_SCHEMA, compression="zstd") as fold:
             rows = atomic_write_table(run_dir.results, _joined(manifest, spill, chunk_rows, schema, fold), schema)
-            orphans = _latest_of(spill / "orphans.parquet")
+            orphans = _latest_of(spill / "orphans.arrow")
             if orphans is not None:
                 fold.write_table(orphans)
         _replace_journal(run_dir, old, fold_tmp)
@@ -83,28 +83,32 @@ def _schema(manifest: Any) -> pa.Schema:
 
 
 def _spill(run_dir: RunDir, index: IdIndex, spill: Path, chunk_rows: int) -> None:
-    writers: dict[int, pq.ParquetWriter] = {}
+    # Arrow IPC streams, not Parquet: a writer holds no page buffers, so the many spill
+    # files a million-row manifest needs (one per chunk) cost no memory while open
+    writers: dict[int, tuple[pa.NativeFile, pa.ipc.RecordBatchStreamWriter]] = {}
     try:
         for batch in run_dir.iter_journal():
             chunk = index.positions(hash_ids(batch.column("request_id"))) // chunk_rows
             chunk[chunk < 0] = -1
             for k in np.unique(chunk):
                 part = batch.filter(pa.array(chunk == k))
-                writer = writers.get(int(k))
-                if writer is None:
+                if int(k) not in writers:
                     name = "orphans" if k < 0 else f"chunk-{int(k):07d}"
-                    writer = writers[int(k)] = pq.ParquetWriter(spill / f"{name}.parquet", JOURNAL_SCHEMA)
-                writer.write_batch(part)
+                    sink = pa.OSFile(str(spill / f"{name}.arrow"), "wb")
+                    writers[int(k)] = (sink, pa.ipc.new_stream(sink, JOURNAL_SCHEMA))
+                writers[int(k)][1].write_batch(part)
     finally:
-        for w in writers.values():
-            w.close()
+        for sink, writer in writers.values():
+            writer.close()
+            sink.close()
 
 
 def _latest_of(path: Path) -> pa.Table | None:
     """Latest outcome per id of one spill file (written in journal order)."""
     if not path.exists():
         return None
-    return latest_per_id(pq.read_table(path))
+    with pa.OSFile(str(path), "rb") as source:
+        return latest_per_id(pa.ipc.open_stream(source).read_all())
 
 
 def _chunks(manifest: Any, chunk_rows: int) -> Iterator[tuple[int, pa.Table, pa.Array]]:
@@ -135,7 +139,7 @@ def _joined(
     manifest: Any, spill: Path, chunk_rows: int, schema: pa.Schema, fold: pq.ParquetWriter
 ) -> Iterator[pa.Table]:
     for k, table, ids in _chunks(manifest, chunk_rows):
-        outcomes = _latest_of(spill / f"chunk-{k:07d}.parquet")
+        outcomes = _latest_of(spill / f"chunk-{k:07d}.arrow")
         if outcomes is None:
             continue
         fold.write_table(outcomes)

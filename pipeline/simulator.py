@@ -119,18 +119,7 @@ class SimConfig:
     latency_jitter: float = 0.0
     fault_rate: float = 0.0
     fault_attempts: int = 1
-    fault_kinds: tuple[str, ...] = (
-        "429",
-        "500",
-        "502_html",
-        "503",
-        "524_html",
-        "hang",
-        "disconnect",
-        "truncated",
-        "empty_choices",
-        "error_in_200",
-    )
+    fault_kinds: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k != "stream_cut")
     retry_after_s: float | None = 1.0
     hang_s: float = 3600.0
     seed: int = 0

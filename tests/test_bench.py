@@ -28,6 +28,7 @@ def test_bench_reports_every_figure_for_a_small_run() -> None:
     assert run["spawn_to_first_request_s"] >= run["first_request_s"]
     assert run["compaction_s"] is not None and run["compaction_s"] >= 0
     assert run["sim_max_in_flight"] <= 50
+    assert 0 < run["sim_cpu_share"] and run["foreign_cpu_share"] >= 0
     # the second run finds everything done and sends nothing
     assert run["resume_requests"] == 0 and run["resume_exit_code"] == 0 and run["resume_s"] > 0
     # the human lines go to stderr when --json owns stdout

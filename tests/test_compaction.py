@@ -1,0 +1,55 @@
+"""Compaction: manifest order, latest outcome wins, nothing paid for is ever dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pipeline import run
+from pipeline.compaction import compact
+from pipeline.manifest import Manifest
+from pipeline.results import RunDir
+
+from .conftest import fast_config, make_rows, write_csv
+
+
+def test_small_chunks_give_the_same_table_as_one_chunk(tmp_path: Path, sim) -> None:
+    server = sim(fault_rate=0.3, retry_after_s=None, fault_kinds=("500", "truncated"))
+    manifest = write_csv(tmp_path / "m.csv", make_rows(100))
+    cfg = fast_config(manifest, tmp_path / "out", server)
+    run(cfg)
+    before = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    run_dir = RunDir(tmp_path / "out")
+    assert compact(run_dir, Manifest(str(manifest), cfg), chunk_rows=7) == 100
+    after = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    pd.testing.assert_frame_equal(before, after)
+    assert [p.suffix for p in run_dir.parts()] == [".parquet"]
+
+
+def test_rows_dropped_from_the_manifest_keep_their_paid_answers(tmp_path: Path, sim) -> None:
+    server = sim()
+    rows = make_rows(50)
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    run(fast_config(manifest, tmp_path / "out", server))
+    write_csv(manifest, rows[:30])
+    run(fast_config(manifest, tmp_path / "out", server))
+    assert len(pd.read_parquet(tmp_path / "out" / "results.parquet")) == 30
+    journal = RunDir(tmp_path / "out").parts()
+    assert sum(pq.read_metadata(p).num_rows for p in journal) == 50  # orphans kept
+    write_csv(manifest, rows)
+    before = server.stats()["requests"]
+    summary = run(fast_config(manifest, tmp_path / "out", server))
+    assert summary.ok == 50 and server.stats()["requests"] == before
+
+
+def test_identical_rows_share_one_outcome(tmp_path: Path, sim) -> None:
+    server = sim()
+    rows = make_rows(10)
+    rows[7] = dict(rows[2])
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    summary = run(fast_config(manifest, tmp_path / "out", server))
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert summary.exit_code == 0 and len(df) == 10
+    assert df.loc[7, "request_id"] == df.loc[2, "request_id"] and df.loc[7, "answer"] == df.loc[2, "answer"]
