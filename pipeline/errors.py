@@ -6,6 +6,7 @@
     ├── UsageError              bad usage or input, found before anything is sent   -> exit 2
     │   └── ManifestError       the manifest cannot be read or lacks a column
     ├── StorageError            the output folder cannot be written                 -> exit 3
+    ├── GatewayRefused          models/quota: the gateway refused the key           -> exit 3
     └── RequestError            one attempt at one row failed
         ├── RetryableError      try the row again after a back-off
         │   ├── RateLimited     429; also slows the whole pool
@@ -25,6 +26,7 @@ __all__ = [
     "UsageError",
     "ManifestError",
     "StorageError",
+    "GatewayRefused",
     "RequestError",
     "RetryableError",
     "RateLimited",
@@ -67,6 +69,10 @@ class ManifestError(UsageError):
 
 class StorageError(DocpipeError):
     """The output folder cannot be written; outcomes already durable stay readable."""
+
+
+class GatewayRefused(DocpipeError):
+    """``docpipe models``/``quota``: the gateway refused the key (401/403)."""
 
 
 class RequestError(DocpipeError):

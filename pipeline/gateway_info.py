@@ -17,13 +17,9 @@ from typing import Any
 
 from .client import GatewayClient
 from .config import JobConfig
-from .errors import DocpipeError, RequestError, RunFatalError
+from .errors import DocpipeError, GatewayRefused, RequestError, RunFatalError
 
 QUOTA_UNITS_PER_USD = 500_000
-
-
-class GatewayRefused(DocpipeError):
-    """The gateway refused the key (401/403): exit 3, like a run would."""
 
 
 def _refused(cfg: JobConfig, path: str, e: RunFatalError) -> GatewayRefused:

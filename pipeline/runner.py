@@ -263,6 +263,7 @@ class Run:
         if storage_error is None and not self._results_current(manifest):
             try:
                 t0 = time.monotonic()
+                release_memory()  # the pool's buffers are garbage now; compaction's peak should not stack on them
                 await asyncio.to_thread(compact, self.run_dir, manifest)
                 self.timings["compaction_s"] = round(time.monotonic() - t0, 4)
                 self._mark_results_current(manifest)
@@ -725,6 +726,18 @@ def _outcome(
         gateway_request_id=c.gateway_request_id if c else gid,
         cost_usd=cfg.cost(c.prompt_tokens, c.completion_tokens) if c else None,
     )
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc only)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def seconds_until(hhmm: str) -> float:
