@@ -178,7 +178,7 @@ class Simulator:
                "--latency", str(spec.latency), "--jitter", "0"]  # fmt: skip
         if spec.fault_rate:
             cmd += ["--fault-rate", str(spec.fault_rate), "--fault-kinds", ",".join(spec.fault_kinds)]
-        self._log = open(log, "wb")
+        self._log = open(log, "wb")  # noqa: SIM115 - the simulator writes to it until stop()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # "simulator listening on http://HOST:PORT/v1"
@@ -415,14 +415,12 @@ def scenario_line(res: ScenarioResult) -> str:
 
 
 def to_json(results: list[ScenarioResult]) -> dict[str, Any]:
-    return {
-        "machine": machine(),
-        "scenarios": [
-            {"name": r.name, "passed": r.passed, "checks": [asdict(c) for c in r.checks],
-             "runs": {k: asdict(v) for k, v in r.runs.items()}}  # fmt: skip
-            for r in results
-        ],
-    }
+    scenarios = [
+        {"name": r.name, "passed": r.passed, "checks": [asdict(c) for c in r.checks],
+         "runs": {k: asdict(v) for k, v in r.runs.items()}}
+        for r in results
+    ]  # fmt: skip
+    return {"machine": machine(), "scenarios": scenarios}
 
 
 @contextlib.contextmanager

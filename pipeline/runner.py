@@ -217,6 +217,7 @@ class Run:
         self._write_run_info(self._summary("running", EXIT_ABORTED, None, running=True))
         queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=2 * cfg.concurrency)
         tasks: list[asyncio.Task[Any]] = []
+        producer_error: BaseException | None = None
         try:
             async with GatewayClient(cfg) as client:
                 self.client = client
@@ -240,8 +241,8 @@ class Run:
                         await asyncio.gather(*still, return_exceptions=True)
                 await asyncio.gather(done_all, return_exceptions=True)
                 await asyncio.gather(producer, return_exceptions=True)
-                if producer.done() and not producer.cancelled() and producer.exception():
-                    raise producer.exception()  # type: ignore[misc]
+                if producer.done() and not producer.cancelled():
+                    producer_error = producer.exception()
                 for t in (flusher, ticker, timer, stop_waiter):
                     if t is not None:
                         t.cancel()
@@ -277,6 +278,8 @@ class Run:
             self._write_run_info(summary)
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)
+        if producer_error is not None:  # everything answered is kept; now say what broke
+            raise producer_error
         return summary
 
     def _results_fingerprint(self, manifest: Manifest) -> dict[str, Any]:
@@ -303,6 +306,14 @@ class Run:
         atomic_write_bytes(self.run_dir.journal / COMPACTED_MARK, data)
 
     async def _produce(self, manifest: Manifest, skip: Any, queue: asyncio.Queue[Row | None]) -> None:
+        try:
+            await self._produce_rows(manifest, skip, queue)
+        except Exception as e:
+            # workers wait on the queue: without a stop they would wait for ever
+            self.request_stop(f"reading the manifest failed: {e}")
+            raise
+
+    async def _produce_rows(self, manifest: Manifest, skip: Any, queue: asyncio.Queue[Row | None]) -> None:
         now = time.time
         for rows in manifest.rows(skip):
             for row in rows:
@@ -756,7 +767,36 @@ def seconds_until(hhmm: str) -> float:
 
 async def run_async(cfg: JobConfig, *, progress: Any = None, install_signals: bool = False) -> RunSummary:
     """Run a job on the current event loop; returns its summary."""
+    _pyarrow_without_pandas()
     return await Run(cfg, progress=progress, install_signals=install_signals).execute()
+
+
+def _pyarrow_without_pandas() -> None:
+    """Keep pyarrow from importing pandas behind our back (+45 MB RSS, 0.1 s).
+
+    ``pa.array(list)`` asks whether pandas is there and imports it to find out. Where
+    pandas is not loaded yet, hide it for one such call so pyarrow settles on "no
+    pandas"; an explicit ``to_pandas()`` later still imports it (pyarrow retries)."""
+    import importlib.abc
+    import sys
+
+    import pyarrow as pa
+
+    if "pandas" in sys.modules:
+        return
+
+    class _NoPandas(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+            if name == "pandas" or name.startswith("pandas."):
+                raise ImportError("pandas hidden from pyarrow during a run")
+            return None
+
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def run(cfg: JobConfig | None = None, *, display: Any = None, install_signals: bool = False,

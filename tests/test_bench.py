@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from .conftest import cli
+from pipeline.bench import SCENARIOS, Check, RunSpec, ScenarioResult, scenario_line
 
-from pipeline.bench import RunSpec, SCENARIOS, scenario_line, ScenarioResult, Check
+from .conftest import cli
 
 
 def test_bench_reports_every_figure_for_a_small_run() -> None:
