@@ -62,14 +62,15 @@ class BarProgress:
         bar = self._bar
         if bar.total != s.rows_total:
             bar.total = s.rows_total
-        bar.update(s.rows_done - self._last)
-        self._last = s.rows_done
         cost = f" ${s.cost_usd:.2f}" if s.cost_usd is not None else ""
+        # postfix first: update() redraws, and must not show the previous tick's figures
         bar.set_postfix_str(
             f"ok={s.ok} failed={s.failed} inflight={s.in_flight}/{s.concurrency} "
             f"req={s.requests} tok={s.tokens}{cost}",
             refresh=False,
         )
+        bar.update(s.rows_done - self._last)
+        self._last = s.rows_done
 
     def close(self, s: Snapshot) -> None:
         self.update(s)
