@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 
@@ -59,3 +59,46 @@ class Outcome:
     response_id: str | None
     gateway_request_id: str | None
     cost_usd: float | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Progress figures, handed to progress consumers (bar, log line)."""
+
+    rows_total: int
+    rows_done: int  # rows with an outcome, this run and earlier ones
+    ok: int
+    failed: int
+    in_flight: int
+    requests: int
+    tokens: int
+    cost_usd: float | None
+    elapsed: float
+    rows_per_s: float
+    eta_s: float | None
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did; also written to ``OUT/_run.json``."""
+
+    run_id: str
+    out: str
+    ended: str  # completed | completed_with_failures | aborted
+    reason: str | None
+    exit_code: int
+    rows_total: int
+    ok: int
+    failed: int
+    pending: int
+    sent_this_run: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float | None
+    elapsed_s: float
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+    concurrency_final: int = 0
+    max_in_flight: int = 0

@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import IO, Any
 
-from .runner import RunSummary, Snapshot
+from .records import RunSummary, Snapshot
 
 log = logging.getLogger("docpipe")
 

@@ -22,7 +22,6 @@ import random
 import secrets
 import signal
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -44,7 +43,7 @@ import pyarrow.compute as pc
 from .budget import BudgetGuard, check_before_start, completion_estimate, estimate_rows
 from .limits import Breaker, Pacer
 from .manifest import Manifest
-from .records import Completion, Outcome, Row
+from .records import Completion, Outcome, Row, RunSummary, Snapshot
 from .compaction import compact
 from .results import JournalWriter, RunDir, atomic_write_bytes
 from .retry import retrying, should_retry
@@ -60,49 +59,6 @@ MAX_ATTEMPTS_WITH_429S = 5
 
 class _Stopped(Exception):
     """Internal: the run is stopping, leave this row pending."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Progress figures, handed to progress consumers (bar, log line)."""
-
-    rows_total: int
-    rows_done: int  # rows with an outcome, this run and earlier ones
-    ok: int
-    failed: int
-    in_flight: int
-    requests: int
-    tokens: int
-    cost_usd: float | None
-    elapsed: float
-    rows_per_s: float
-    eta_s: float | None
-    concurrency: int
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a run did; also written to ``OUT/_run.json``."""
-
-    run_id: str
-    out: str
-    ended: str  # completed | completed_with_failures | aborted
-    reason: str | None
-    exit_code: int
-    rows_total: int
-    ok: int
-    failed: int
-    pending: int
-    sent_this_run: int
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    cost_usd: float | None
-    elapsed_s: float
-    errors_by_type: dict[str, int] = field(default_factory=dict)
-    concurrency_final: int = 0
-    max_in_flight: int = 0
 
 
 class _Stats:
