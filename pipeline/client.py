@@ -125,9 +125,9 @@ def parse_completion(status: int, headers: Mapping[str, str], body: bytes) -> Co
     if not isinstance(data, dict):
         raise RetryableError("200 response is not a JSON object", error_type="malformed_response", **kw)
     if data.get("error"):
-        message, _t, _c = _error_fields(body)
+        error_message, _t, _c = _error_fields(body)
         raise RetryableError(
-            short(f"error inside a 200 response: {message or data['error']}"),
+            short(f"error inside a 200 response: {error_message or data['error']}"),
             error_type="server_error",
             **kw,
         )
@@ -135,11 +135,11 @@ def parse_completion(status: int, headers: Mapping[str, str], body: bytes) -> Co
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise RetryableError("200 response without choices", error_type="malformed_response", **kw)
     first = choices[0]
-    message = first.get("message") if isinstance(first.get("message"), dict) else {}
-    answer = message.get("content")
+    reply: dict[str, Any] = first["message"] if isinstance(first.get("message"), dict) else {}
+    answer = reply.get("content")
     if isinstance(answer, list):  # some proxies return content parts
         answer = "".join(p.get("text", "") for p in answer if isinstance(p, dict))
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
     return Completion(
         answer=answer if answer is None else str(answer),
         finish_reason=first.get("finish_reason"),

@@ -17,7 +17,7 @@ import email.utils
 import random
 import re
 import time
-from typing import Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
@@ -105,6 +105,7 @@ def retrying(
     maximum: float,
     retry: Callable[[BaseException], bool],
     stop_now: Callable[[], bool],
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> AsyncRetrying:
     """A fresh tenacity controller for one row's retries (never share one across tasks).
 
@@ -121,9 +122,5 @@ def retrying(
         # run past the row's budget ends the row now instead of sleeping in vain
         return exhausted() or time.monotonic() + (state.upcoming_sleep or 0.0) > deadline or stop_now()
 
-    return AsyncRetrying(
-        stop=stop,
-        wait=wait,
-        retry=retry_if_exception(retry),
-        reraise=True,
-    )
+    extra: dict[str, Any] = {} if sleep is None else {"sleep": sleep}
+    return AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception(retry), reraise=True, **extra)

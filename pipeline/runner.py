@@ -483,8 +483,8 @@ class Run:
             maximum=self.cfg.backoff_max,
             retry=retry_on,
             stop_now=lambda: self.stopping,
+            sleep=self._sleep,
         )
-        controller.sleep = self._sleep  # type: ignore[method-assign]
         async for try_ in controller:
             with try_:
                 return await attempt()  # type: ignore[no-any-return]
