@@ -22,9 +22,8 @@ the same latest outcome.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,12 +36,9 @@ from .idset import IdIndex, hash_ids
 from .results import (
     JOURNAL_SCHEMA,
     OUTCOME_COLUMNS,
-    _FILE_MODE,
+    ROW_GROUP_ROWS,
     RunDir,
-    _fault_pause,
-    _unlink,
     atomic_write_table,
-    fsync_dir,
     latest_per_id,
     output_schema,
 )
@@ -62,13 +58,11 @@ def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS) -> int
     spill.mkdir()
     try:
         _spill(run_dir, index, spill, chunk_rows)
-        fold_tmp = Path(tempfile.mkstemp(prefix=".fold.", suffix=".tmp", dir=run_dir.journal)[1])
-        with pq.ParquetWriter(fold_tmp, JOURNAL_SCHEMA, compression="zstd") as fold:
+        with nullcontext() if run_dir.is_folded(old) else run_dir.folding(old) as fold:
             rows = atomic_write_table(run_dir.results, _joined(manifest, spill, chunk_rows, schema, fold), schema)
             orphans = _latest_of(spill / "orphans.arrow")
-            if orphans is not None:
+            if fold is not None and orphans is not None:
                 fold.write_table(orphans)
-        _replace_journal(run_dir, old, fold_tmp)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     return rows
@@ -136,13 +130,14 @@ def _concat(pending: list[tuple[pa.RecordBatch, pa.Array]]) -> tuple[pa.Table, p
 
 
 def _joined(
-    manifest: Any, spill: Path, chunk_rows: int, schema: pa.Schema, fold: pq.ParquetWriter
+    manifest: Any, spill: Path, chunk_rows: int, schema: pa.Schema, fold: pq.ParquetWriter | None
 ) -> Iterator[pa.Table]:
     for k, table, ids in _chunks(manifest, chunk_rows):
         outcomes = _latest_of(spill / f"chunk-{k:07d}.arrow")
         if outcomes is None:
             continue
-        fold.write_table(outcomes)
+        if fold is not None:
+            fold.write_table(outcomes)
         yield join(table, ids, outcomes, manifest.columns, schema)
 
 
@@ -163,24 +158,6 @@ def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return col if pa.types.is_string(col.type) else col.cast(pa.string())
 
 
-def _replace_journal(run_dir: RunDir, old: list[Path], fold_tmp: Path) -> None:
-    """Make the folded part durable under the next sequence number, then drop the old files."""
-    with open(fold_tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.chmod(fold_tmp, _FILE_MODE)
-    if not old or (len(old) == 1 and old[0].suffix == ".parquet" and pq.read_metadata(old[0]).num_rows
-                   == pq.read_metadata(fold_tmp).num_rows):  # fmt: skip
-        _unlink(fold_tmp)  # already folded: nothing to gain from a rewrite
-        return
-    target = run_dir.journal / f"part-{run_dir.next_seq():09d}.parquet"
-    fold_tmp.replace(target)
-    fsync_dir(run_dir.journal)
-    _fault_pause("fold")
-    for p in old:
-        _unlink(p)
-    fsync_dir(run_dir.journal)
-
-
 def _compact_in_memory(run_dir: RunDir, manifest: Any, schema: pa.Schema) -> int:
     latest = run_dir.latest()
 
@@ -190,6 +167,7 @@ def _compact_in_memory(run_dir: RunDir, manifest: Any, schema: pa.Schema) -> int
 
     rows = atomic_write_table(run_dir.results, tables(), schema)
     old = run_dir.parts()
-    if old and not (len(old) == 1 and old[0].suffix == ".parquet"):
-        run_dir.fold(latest)
+    if not run_dir.is_folded(old):
+        with run_dir.folding(old) as fold:
+            fold.write_table(latest, row_group_size=ROW_GROUP_ROWS)
     return rows

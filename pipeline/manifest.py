@@ -198,12 +198,12 @@ class Manifest:
                 raise ManifestError(f"{self.path}: column {c.id!r} is empty at row {first + 1}")
             if pc.count_distinct(all_ids).as_py() != len(all_ids):
                 counts = pc.value_counts(all_ids)
-                dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]
-                value = dup["values"].as_py()
+                repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+                value = repeated[0]["values"].as_py()
                 rows = [i + 1 for i in pc.indices_nonzero(pc.equal(all_ids, value)).to_pylist()[:5]]
                 raise ManifestError(
                     f"{self.path}: duplicate id {value!r} in column {c.id!r} at rows {rows} "
-                    f"({len(pc.filter(counts, pc.greater(counts.field('counts'), 1)))} ids repeat)"
+                    f"({len(repeated)} ids repeat)"
                 )
         return count
 

@@ -31,7 +31,7 @@ import os
 import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from operator import attrgetter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -104,23 +104,6 @@ def pandas_metadata(names: Iterable[str]) -> dict[bytes, bytes]:
         "pandas_version": "2.2.0",
     }
     return {b"pandas": json.dumps(meta).encode()}
-
-
-def outcomes_to_table(outcomes: Sequence[Outcome], run_id: str, model: str) -> pa.Table:
-    n = len(outcomes)
-    arrays: list[pa.Array] = []
-    for field in JOURNAL_SCHEMA:
-        name = field.name
-        if name == "run_id":
-            arrays.append(pa.array([run_id] * n, pa.string()))
-        elif name == "model":
-            arrays.append(pa.array([model] * n, pa.string()))
-        elif name in ("started_at", "completed_at"):
-            values = [round(v * 1e6) for v in map(attrgetter(name), outcomes)]
-            arrays.append(pa.array(values, pa.int64()).cast(TS))
-        else:
-            arrays.append(pa.array(list(map(attrgetter(name), outcomes)), field.type))
-    return pa.Table.from_arrays(arrays, schema=JOURNAL_SCHEMA)
 
 
 def _umask() -> int:
@@ -267,11 +250,6 @@ class RunDir:
     def log_path(self, seq: int) -> Path:
         return self.journal / f"log-{seq:09d}.jsonl"
 
-    def write_part(self, seq: int, table: pa.Table) -> Path:
-        path = self.journal / f"part-{seq:09d}.parquet"
-        atomic_write_table(path, [table], table.schema)
-        return path
-
     def iter_journal(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """Every journal record in sequence order, in bounded batches."""
         for p in self.parts():
@@ -301,16 +279,30 @@ class RunDir:
             latest = latest.filter(pc.equal(latest["status"], "ok"))
         return IdIndex(hash_ids(latest["request_id"]))
 
-    def skip_ids(self, retry_failed: bool) -> IdIndex:
-        return self.skip_index(retry_failed)
+    @staticmethod
+    def is_folded(files: list[Path]) -> bool:
+        """Nothing to fold: no journal, or already the one part a fold leaves."""
+        return not files or (len(files) == 1 and files[0].suffix == ".parquet")
 
-    def fold(self, latest: pa.Table) -> None:
-        """Replace all parts by one holding only the latest outcomes. Crash-safe: the new
-        part is durable before the old ones go, and duplicates resolve to the same row."""
-        old = self.parts()
-        if not old or (len(old) == 1 and old[0].suffix == ".parquet"):
-            return
-        self.write_part(self.next_seq(), latest)
+    @contextmanager
+    def folding(self, old: list[Path]) -> Iterator[pq.ParquetWriter]:
+        """A writer for the part that replaces the journal files ``old``. On a clean exit
+        the part is made durable under the next sequence number before ``old`` goes, so a
+        crash in between leaves duplicates that resolve to the same latest outcome."""
+        fd, name = tempfile.mkstemp(prefix=".fold.", suffix=".tmp", dir=self.journal)
+        os.fchmod(fd, _FILE_MODE)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            with pq.ParquetWriter(tmp, JOURNAL_SCHEMA, compression="zstd") as writer:
+                yield writer
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            tmp.replace(self.journal / f"part-{self.next_seq():09d}.parquet")
+        except BaseException:
+            _unlink(tmp)
+            raise
+        fsync_dir(self.journal)
         _fault_pause("fold")
         for p in old:
             _unlink(p)

@@ -25,7 +25,12 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .budget import BudgetGuard, check_before_start, completion_estimate, estimate_rows
 from .client import GatewayClient, short
+from .compaction import compact
 from .config import JobConfig
 from .errors import (
     DocpipeError,
@@ -38,13 +43,9 @@ from .errors import (
     UnreadableDocument,
     UsageError,
 )
-import pyarrow.compute as pc
-
-from .budget import BudgetGuard, check_before_start, completion_estimate, estimate_rows
 from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .records import Completion, Outcome, Row, RunSummary, Snapshot
-from .compaction import compact
 from .results import JournalWriter, RunDir, atomic_write_bytes
 from .retry import retrying, should_retry
 from .tokens import estimate_prompt
@@ -87,7 +88,6 @@ class Run:
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
         self.stats = _Stats()  # started now: time to first request counts manifest checks
         self.stop_reason: str | None = None
-        self.aborted = False
         self._stopping = asyncio.Event()
         self._waiting: set[asyncio.Task[Any] | None] = set()
         self._sending = 0
@@ -104,10 +104,10 @@ class Run:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def request_stop(self, reason: str, *, abort: bool = True) -> None:
+    def request_stop(self, reason: str) -> None:
+        """End dispatch: every stop (signal, deadline, budget, breaker, disk) is an abort."""
         if not self._stopping.is_set():
             self.stop_reason = reason
-            self.aborted = abort
             self._stopping.set()
             log.warning("stopping: %s", reason)
             for task in list(self._waiting):
@@ -119,11 +119,11 @@ class Run:
         if self._signals == 1:
             self.request_stop(f"{signame}: finishing in-flight requests (grace {self.cfg.grace_period:g} s)")
             return
-        # second signal: leave at once; the journal is whole files only, so it stays consistent
+        # second signal: leave at once; the journal drops a torn last line, so it stays consistent
         log.error("second %s: exiting now", signame)
         try:
             self.journal.flush_sync()
-            self._write_run_info(self._summary(f"{signame} twice: exited at once", EXIT_ABORTED, None))
+            self._write_run_info(self._summary(f"{signame} twice: exited at once", EXIT_ABORTED))
         finally:
             os._exit(EXIT_ABORTED)
 
@@ -170,7 +170,7 @@ class Run:
         if self.install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._on_signal, sig.name)
-        self._write_run_info(self._summary("running", EXIT_ABORTED, None, running=True))
+        self._write_run_info(self._summary("running", EXIT_ABORTED, running=True))
         queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=2 * cfg.concurrency)
         tasks: list[asyncio.Task[Any]] = []
         producer_error: BaseException | None = None
@@ -350,18 +350,21 @@ class Run:
             if self.budget.active and (why := self.budget.refuse(estimate, self._sending)):
                 self.request_stop(why)
                 raise _Stopped
-            self._sending += 1
             self.stats.requests += 1
             t0 = time.monotonic()
             if self.timings["first_request_s"] is None:
                 self.timings["first_request_s"] = round(t0 - self.stats.started, 4)
             try:
-                completion = await self.client.complete(row)
+                self._sending += 1
+                try:
+                    completion = await self.client.complete(row)
+                finally:
+                    self._sending -= 1
             except RequestError as e:
-                self._sending -= 1
                 pacer.failed(rate_limited=isinstance(e, RateLimited), retry_after=e.retry_after)
-                if isinstance(e, RateLimited) and e.retry_after is None and cfg_hold(self.cfg):
-                    await self._sleep(random.uniform(0.5, 1.0) * cfg_hold(self.cfg))
+                hold = slot_hold(self.cfg)
+                if isinstance(e, RateLimited) and e.retry_after is None and hold:
+                    await self._sleep(random.uniform(0.5, 1.0) * hold)
                 self._check_fatal(e)
                 if type(e) is RetryableError and pacer.breaker.failure(probe=probe):
                     fatal = RunFatalError(
@@ -373,10 +376,6 @@ class Run:
                     self._abort(fatal)
                     raise fatal from None
                 raise
-            except BaseException:
-                self._sending -= 1
-                raise
-            self._sending -= 1
             latency = time.monotonic() - t0
             self._no_channel_streak = 0
             if self.budget.active:
@@ -550,9 +549,6 @@ class Run:
         )
 
     def _final_summary(self) -> RunSummary:
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
         ok = failed = prompt = completion = total = 0
         cost: float | None = None
         errors: dict[str, int] = {}
@@ -570,7 +566,7 @@ class Run:
             for item in pc.value_counts(t["error_type"].drop_null()).to_pylist():
                 errors[item["values"]] = item["counts"]
         pending = max(0, self.rows_total - ok - failed)
-        if self.aborted or (self.stopping and pending):
+        if self.stopping:
             code, ended = EXIT_ABORTED, "aborted"
         elif failed:
             code, ended = EXIT_FAILED_ROWS, "completed_with_failures"
@@ -578,7 +574,7 @@ class Run:
             code, ended = EXIT_ABORTED, "aborted"
         else:
             code, ended = EXIT_OK, "completed"
-        return self._summary(self.stop_reason, code, None, ended=ended, ok=ok, failed=failed,
+        return self._summary(self.stop_reason, code, ended=ended, ok=ok, failed=failed,
                              pending=pending, tokens=(prompt, completion, total), cost=cost,
                              errors=errors)  # fmt: skip
 
@@ -586,7 +582,6 @@ class Run:
         self,
         reason: str | None,
         code: int,
-        _unused: Any,
         *,
         running: bool = False,
         ended: str = "aborted",
@@ -639,7 +634,7 @@ class Run:
         self.run_dir.write_run_info(info)
 
 
-def cfg_hold(cfg: JobConfig) -> float:
+def slot_hold(cfg: JobConfig) -> float:
     """How long a row that got an anonymous 429 keeps its slot (see limits.AdaptiveLimit)."""
     return min(cfg.backoff_initial, 1.0) if cfg.adaptive else 0.0
 

@@ -152,7 +152,7 @@ def validate(
     if cfg.has_prices:
         v.cost_usd = 0.0
         v.cost_max_usd = 0.0 if max_tokens else None
-    skip = RunDir(cfg.out).skip_ids(cfg.retry_failed) if cfg.out else None
+    skip = RunDir(cfg.out).skip_index(cfg.retry_failed) if cfg.out else None
     keys = array("Q")  # 64 bits of each sendable row's request hash: 8 bytes a row
     key_rows = array("q")
     urls: dict[str, list[int]] = {}
