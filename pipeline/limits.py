@@ -7,12 +7,14 @@
 - :class:`PauseGate` holds every new attempt while the gateway has asked the
   whole key to wait (Retry-After on a 429, or our own back-off once 429s are
   more than an accident).
-- :class:`AdaptiveLimit` is AIMD over rounds: a round ends after ``limit``
-  completions (at least 20); a round with more than 2 % (and two or more)
-  rate-limited answers cuts the limit in
-  proportion to that share (at least 10 %), a round whose mean latency tripled
-  over the best seen cuts it by 10 %, and a clean round adds one. Judging whole
-  rounds rather than single 429s keeps a stray 429 from collapsing the pool.
+- :class:`AdaptiveLimit` is AIMD over rounds of ``limit`` completions (at least
+  20). Once a round holds more than 2 % (and at least two) rate-limited
+  answers, the limit is cut at once in proportion to their share (10-50 %), at
+  most once per round trip; a round whose mean latency tripled over the best
+  seen cuts it by 10 %; a clean round adds one. Counting per round rather than
+  reacting to each 429 keeps a stray 429 from collapsing the pool, and a row
+  that got an anonymous 429 keeps its slot through a short hold (runner), so an
+  over-limit slot does not churn out one instant 429 after another.
 """
 
 from __future__ import annotations
@@ -35,17 +37,9 @@ class PauseGate:
 
     def __init__(self) -> None:
         self._until = 0.0
-        self.pauses = 0
 
     def pause(self, seconds: float) -> None:
-        until = time.monotonic() + seconds
-        if until > self._until:
-            self._until = until
-            self.pauses += 1
-
-    @property
-    def remaining(self) -> float:
-        return max(0.0, self._until - time.monotonic())
+        self._until = max(self._until, time.monotonic() + seconds)
 
     async def wait(self) -> None:
         while (delay := self._until - time.monotonic()) > 0:
@@ -69,7 +63,6 @@ class AdaptiveLimit:
         self._rtt = 1.0  # seconds; replaced by an average of real latencies once known
         self._rtt_known = False
         self._last_cut = float("-inf")
-        self.cuts = 0
 
     @property
     def current(self) -> int:
@@ -126,19 +119,16 @@ class AdaptiveLimit:
         answered = self._round_done - self._round_limited
         mean = self._round_latency / answered if answered else None
         self._new_round()
-        if mean is not None and self._best_latency and mean > LATENCY_FACTOR * self._best_latency:
-            if mean is not None and (self._best_latency is None or mean < self._best_latency):
-                self._best_latency = mean
-            return self._cut(0.9)
-        if mean is not None and (self._best_latency is None or mean < self._best_latency):
-            self._best_latency = mean
+        if mean is not None:
+            if self._best_latency and mean > LATENCY_FACTOR * self._best_latency:
+                return self._cut(0.9)
+            self._best_latency = min(mean, self._best_latency or mean)
         self.limit = min(float(self.maximum), self.limit + 1.0)
         self._wake()
         return False
 
     def _cut(self, factor: float) -> bool:
         self.limit = max(1.0, self.limit * factor)
-        self.cuts += 1
         self._last_cut = time.monotonic()
         self._new_round()
         return True
@@ -165,7 +155,6 @@ class Breaker:
         self.failures = 0
         self.is_open = False
         self.probes_failed = 0
-        self.times_opened = 0
         self.lock = asyncio.Lock()
         self._reopen_at = 0.0
 
@@ -185,7 +174,6 @@ class Breaker:
                 self._reopen_at = time.monotonic() + self._pause()
         elif self.failures >= self.threshold:
             self.is_open = True
-            self.times_opened += 1
             self._reopen_at = time.monotonic() + self._pause()
         return False
 
