@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import time
-from typing import Any, AsyncIterator, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import aiohttp
 import orjson
@@ -311,9 +310,7 @@ class GatewayClient:
                     raise classify_error(resp.status, headers, await resp.read())
                 ctype = headers.get("content-type", "")
                 if "text/event-stream" in ctype:
-                    completion = parse_stream_events(
-                        [line async for line in _lines(resp)], headers, resp.status
-                    )
+                    completion = parse_stream_events([line async for line in resp.content], headers, resp.status)
                 else:
                     completion = parse_completion(resp.status, headers, await resp.read())
         except RequestError as e:
@@ -368,12 +365,3 @@ def _env_proxy(url: URL) -> str | None:
     if url.host and urllib.request.proxy_bypass(url.host):
         return None
     return urllib.request.getproxies().get(url.scheme)
-
-
-async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    async for line in resp.content:
-        yield line
-
-
-def now() -> float:
-    return time.time()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +15,6 @@ class Row:
     question: str
     content: str  # the user message as it will be sent (template applied)
     invalid: str | None = None  # why the row cannot be sent, if it cannot
-    fields: Mapping[str, object] | None = None  # extra columns, only when the template uses them
 
 
 @dataclass(frozen=True, slots=True)

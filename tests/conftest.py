@@ -75,29 +75,20 @@ def fast_config(manifest: Path, out: Path, server: SimServer, **kw: Any) -> JobC
     return load_config(manifest=str(manifest), out=str(out), base_url=server.url, **kw)
 
 
+def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APICORE_", "OPENAI_"))}
+    env.update(extra or {})
+    return env
+
+
 def cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None, **popen: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``docpipe ARGS`` in a real subprocess."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("APICORE_", "OPENAI_"))}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        cwd=popen.pop("cwd", ROOT),
-        **popen,
-    )
+    """Run ``docpipe ARGS`` in a real subprocess and wait for it."""
+    popen.setdefault("cwd", ROOT)
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=_child_env(env), **popen)  # fmt: skip
 
 
 def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("APICORE_", "OPENAI_"))}
-    full_env.update(env or {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-    )
+    """Start ``docpipe ARGS`` in a real subprocess (to signal or kill it)."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_child_env(env), cwd=ROOT)  # fmt: skip

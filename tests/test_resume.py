@@ -210,8 +210,7 @@ def test_full_disk_stops_the_run_and_keeps_what_was_written(tmp_path: Path, sim)
     def small_disk() -> None:  # the journal can hold ~60 outcomes, then writes fail (EFBIG)
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
 
-    proc = subprocess.run(cli_cmd(args), capture_output=True, text=True, timeout=60, preexec_fn=small_disk,
-                          cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    proc = cli(*args, preexec_fn=small_disk)
     assert proc.returncode == 3, proc.stderr
     assert "journal" in proc.stderr
     sent_first = server.stats()["requests"]
@@ -224,9 +223,3 @@ def test_full_disk_stops_the_run_and_keeps_what_was_written(tmp_path: Path, sim)
     resent = server.stats()["duplicate_ok"]
     print(f"full disk: re-sent answers {resent}")
     assert resent <= 2 * 8
-
-
-def cli_cmd(args: list[str]) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "pipeline.cli", *args]
