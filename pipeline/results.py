@@ -387,10 +387,11 @@ _FIELDS = [n for n in JOURNAL_SCHEMA.names if n not in ("run_id", "model")]
 
 
 class JournalWriter:
-    """Appends one JSON line per outcome to this run's log the moment it exists, and
-    fsyncs it every ``flush_interval`` in a worker thread (the loop never waits on
-    the disk). A failed write raises StorageError at once, so the run stops before
-    it pays for answers it could not keep."""
+    """Appends one JSON line per outcome to this run's log in the loop tick it arrives
+    (one ``write()`` per tick), and fsyncs it every ``flush_interval`` in a worker
+    thread (the loop never waits on the fsync). A failed write calls ``on_error``
+    at once and makes every later ``add`` raise StorageError, so the run stops
+    before it pays for answers it could not keep."""
 
     def __init__(self, run_dir: RunDir, run_id: str, model: str) -> None:
         self.run_dir = run_dir
