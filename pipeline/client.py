@@ -20,6 +20,7 @@ from yarl import URL
 
 from .config import JobConfig
 from .errors import (
+    GatewayUnreachable,
     NoChannel,
     RateLimited,
     RequestError,
@@ -41,6 +42,15 @@ _QUOTA_WORDS = ("额度", "quota", "余额", "balance", "billing")
 _NO_CHANNEL_WORDS = ("无可用渠道", "no available channel", "no available channels")
 _CONTENT_FILTER_CODES = {"content_filter", "content_policy_violation", "sensitive_words_detected"}
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.I | re.S)
+#: query parameters that carry a signed URL's secret (S3 v2 and v4, GCS, Azure SAS)
+_SIGNATURE = re.compile(
+    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
+    r"|signature|awsaccesskeyid|sig)=)[^&\s\"'<>]+"
+)
+WRONG_BASE_URL = (
+    "no chat/completions endpoint at this base URL (a plain 404 page, not an API error); "
+    "is the base URL right? it usually ends in /v1"
+)
 _MAX_MESSAGE = 300
 
 
@@ -102,6 +112,9 @@ def classify_error(status: int, headers: Mapping[str, str], body: bytes) -> Requ
         return RateLimited(short(text), retry_after=parse_retry_after(headers), **kw)
     if status == 404 and code == "model_not_found":
         return RunFatalError(short(text), error_type="no_channel", **kw)
+    if status == 404 and message is None:
+        # a web server's own 404 page, not an API's answer: every row would get it
+        return RunFatalError(WRONG_BASE_URL, error_type="invalid_request", **kw)
     if status == 503 and any(w in lowered for w in _NO_CHANNEL_WORDS):
         return NoChannel(short(text), retry_after=parse_retry_after(headers), **kw)
     if status in _RETRYABLE_STATUS or status >= 500:
@@ -295,9 +308,7 @@ class GatewayClient:
         return orjson.dumps({**self._base, "messages": messages})
 
     def redact(self, text: str) -> str:
-        # a key too short to be a real one ("k" in a test) would mangle ordinary words
-        key = self.cfg.api_key
-        return text.replace(key, "***") if key and len(key) >= 8 and key in text else text
+        return redact(text, self.cfg.api_key)
 
     async def complete(self, row: Row) -> Completion:
         """Send one attempt for ``row``; return the checked Completion or raise RequestError."""
@@ -320,6 +331,10 @@ class GatewayClient:
             raise RetryableError(f"no complete answer within {self.cfg.timeout:g} s", error_type="timeout") from None
         except aiohttp.InvalidURL as e:
             raise RunFatalError(f"invalid gateway URL: {e}", error_type="invalid_request") from None
+        except aiohttp.ClientConnectorError as e:
+            # refused, DNS or TLS: nothing reached the gateway (the runner stops the run
+            # when this is all a run has ever seen)
+            raise GatewayUnreachable(self.redact(short(str(e)))) from None
         except aiohttp.ClientPayloadError as e:
             raise RetryableError(self.redact(short(f"response cut short: {e}")), error_type="connection") from None
         except aiohttp.ClientError as e:
@@ -356,6 +371,14 @@ class GatewayClient:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise RetryableError(f"{path}: answer is not JSON", error_type="malformed_response") from None
+
+
+def redact(text: str, key: str | None) -> str:
+    """``text`` without the API key and without the secret of any signed URL in it."""
+    # a key too short to be a real one ("k" in a test) would mangle ordinary words
+    if key and len(key) >= 8 and key in text:
+        text = text.replace(key, "***")
+    return _SIGNATURE.sub(r"\1***", text) if "=" in text else text
 
 
 def _env_proxy(url: URL) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -298,3 +299,16 @@ def load_config(job: str | os.PathLike[str] | None = None, **overrides: Any) -> 
         return JobConfig(**values)
     except TypeError as e:
         raise UsageError(f"bad setting: {e}") from None
+
+
+def seconds_until(hhmm: str, now: datetime) -> float:
+    """Seconds from ``now`` until the next local time HH:MM (today or tomorrow)."""
+    try:
+        hh, mm = (int(x) for x in hhmm.split(":"))
+        if not (0 <= hh < 24 and 0 <= mm < 60):
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"deadline must be HH:MM (24 h, local time), not {hhmm!r}") from None
+    target = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    delta = (target - now).total_seconds()
+    return delta if delta > 0 else delta + 86400

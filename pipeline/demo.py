@@ -4,6 +4,8 @@ attempts on purpose so the demo shows retries doing their work."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -11,24 +13,32 @@ import click
 
 from .config import load_config
 from .report import format_summary
-from .runner import EXIT_OK, run
+from .errors import ExitCode
+from .runner import run
 from .simulator import SimConfig, SimServer
 
 DEMO_KEY = "sk-demo-not-a-real-key"
 
 
-def sample_inputs() -> Path:
-    """The sample manifests: the repository's sample_inputs/ folder."""
-    here = Path(__file__).resolve().parent.parent / "sample_inputs"
-    if here.is_dir():
-        return here
-    return Path(str(resources.files("pipeline"))) / "sample_inputs"  # pragma: no cover
+@contextlib.contextmanager
+def sample_inputs() -> Iterator[list[Path]]:
+    """The sample manifests shipped inside the package (package data), as real files
+    for as long as the ``with`` block lasts, whatever kind of install this is."""
+    folder = resources.files("pipeline") / "sample_inputs"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith((".csv", ".parquet")))
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(resources.as_file(folder / n)) for n in names]
 
 
 def run_demo(out: Path, *, latency: float = 0.4, fault_rate: float = 0.2) -> int:
-    manifests = sorted(p for p in sample_inputs().iterdir() if p.suffix in (".csv", ".parquet"))
-    if not manifests:
-        raise click.ClickException(f"no sample manifests in {sample_inputs()}")
+    """Run every sample manifest against the embedded simulator; the worst exit code."""
+    with sample_inputs() as manifests:
+        if not manifests:
+            raise click.ClickException("no sample manifests in the installed package")
+        return _run_all(manifests, out, latency=latency, fault_rate=fault_rate)
+
+
+def _run_all(manifests: list[Path], out: Path, *, latency: float, fault_rate: float) -> int:
     sim = SimConfig(
         latency_s=latency,
         latency_jitter=0.5,
@@ -37,7 +47,7 @@ def run_demo(out: Path, *, latency: float = 0.4, fault_rate: float = 0.2) -> int
         retry_after_s=None,
         api_key=DEMO_KEY,
     )
-    worst = EXIT_OK
+    worst: int = ExitCode.OK
     with SimServer(sim).start() as server:
         click.echo(f"simulated gateway at {server.url} (latency ~{latency:g} s, {fault_rate:.0%} of first attempts fail)")
         for path in manifests:
@@ -60,7 +70,7 @@ def run_demo(out: Path, *, latency: float = 0.4, fault_rate: float = 0.2) -> int
             click.echo(format_summary(summary))
             # the sample CSV holds one deliberately bad row (an ftp:// URL), so
             # "finished with failed rows" is the expected ending, not a failure of the demo
-            worst = max(worst, summary.exit_code if summary.exit_code != 1 else EXIT_OK)
+            worst = max(worst, summary.exit_code if summary.exit_code != ExitCode.FAILED_ROWS else ExitCode.OK)
         stats = server.stats()
     click.echo(
         f"\nsimulator saw {stats['requests']} requests, at most {stats['max_in_flight']} at once; "

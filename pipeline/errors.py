@@ -10,6 +10,8 @@
     └── RequestError            one attempt at one row failed
         ├── RetryableError      try the row again after a back-off
         │   ├── RateLimited     429; also slows the whole pool
+    │   ├── GatewayUnreachable  connection refused, DNS or TLS failure: run-fatal while
+    │   │                   the gateway has never answered in this run
         │   └── NoChannel       503 "no channel for model": retried a little, then run-fatal
         ├── RowFatalError       record the row as ``failed`` and go on
         │   └── UnreadableDocument  the model says it could not open the file (own retry budget)
@@ -21,6 +23,8 @@ this tree; the ``error_type`` attribute is what lands in the results table.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 __all__ = [
     "DocpipeError",
     "UsageError",
@@ -30,12 +34,24 @@ __all__ = [
     "RequestError",
     "RetryableError",
     "RateLimited",
+    "GatewayUnreachable",
     "NoChannel",
     "RowFatalError",
     "UnreadableDocument",
     "RunFatalError",
     "ERROR_TYPES",
+    "ExitCode",
 ]
+
+
+class ExitCode(IntEnum):
+    """What the ``docpipe`` process exits with; ``_run.json`` records the same number."""
+
+    OK = 0  #: every row ok
+    FAILED_ROWS = 1  #: finished, some rows failed
+    USAGE = 2  #: bad usage or input, found before anything was sent
+    ABORTED = 3  #: stopped early and resumable (key, quota, signal, deadline, budget, disk)
+    INTERNAL = 4  #: an unexpected error (a bug): one line, the traceback at --log-level debug
 
 #: Every value the ``error_type`` column can hold (DESIGN.md section 4, plus
 #: ``unreadable_document`` and ``no_channel`` which issue 4 asked for).
@@ -111,6 +127,12 @@ class RateLimited(RetryableError):
     """429: back off, and make the whole pool slow down, not only this row."""
 
     error_type = "rate_limited"
+
+
+class GatewayUnreachable(RetryableError):
+    """No connection could be made (refused, DNS, TLS): the gateway never saw the request."""
+
+    error_type = "connection"
 
 
 class NoChannel(RetryableError):

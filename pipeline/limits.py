@@ -163,7 +163,7 @@ class Breaker:
         self.is_open = False
         self.probes_failed = 0
 
-    def failure(self, *, probe: bool) -> bool:
+    def failure(self, *, probe: bool, first_attempt: bool = True) -> bool:
         """Account a server failure; True when the breaker gives up on the gateway."""
         self.failures += 1
         if self.is_open:
@@ -231,7 +231,9 @@ class Pacer:
         self._cuts_in_a_row = 0
         self.slots.record(rate_limited=False, latency=latency)
 
-    def failed(self, *, rate_limited: bool, retry_after: float | None) -> None:
+    def failed(self, *, rate_limited: bool, retry_after: float | None) -> float:
+        """Account a failed attempt; returns how long the row should keep its slot."""
+        hold = min(self._backoff[0], 1.0) if rate_limited and retry_after is None and self.slots.adaptive else 0.0
         if retry_after is not None and rate_limited:
             self.gate.pause(retry_after)
         cut = self.slots.record(rate_limited=rate_limited, latency=None)
@@ -239,3 +241,4 @@ class Pacer:
             self._cuts_in_a_row += 1
             if retry_after is None:
                 self.gate.pause(backoff(self._cuts_in_a_row, *self._backoff))
+        return hold

@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """A row's outcome in results.parquet's ``status`` column."""
+
+    OK = "ok"
+    FAILED = "failed"
+
+
+class Ended(StrEnum):
+    """How a run ended, as ``_run.json`` and :class:`RunSummary` say it."""
+
+    RUNNING = "running"  #: written at the start; a crash leaves it so
+    COMPLETED = "completed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+    ABORTED = "aborted"  #: stopped early, resumable
+    CRASHED = "crashed"  #: an unexpected error (exit 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +57,7 @@ class Outcome:
 
     request_id: str
     row_index: int
-    status: str  # "ok" | "failed"
+    status: Status
     answer: str | None
     finish_reason: str | None
     response_model: str | None
@@ -83,7 +101,7 @@ class RunSummary:
 
     run_id: str
     out: str
-    ended: str  # completed | completed_with_failures | aborted
+    ended: Ended
     reason: str | None
     exit_code: int
     rows_total: int
@@ -100,3 +118,55 @@ class RunSummary:
     errors_by_type: dict[str, int] = field(default_factory=dict)
     concurrency_final: int = 0
     max_in_flight: int = 0
+    #: the results file this summary counted, or None when it could not be written
+    results_file: str | None = None
+    #: outcomes durable in the journal (what a rerun keeps even when results_file is None)
+    journal_outcomes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a row's last attempt failed, as the results table records it."""
+
+    error_type: str
+    message: str
+    http_status: int | None = None
+    gateway_request_id: str | None = None
+
+
+def make_outcome(
+    row: Row,
+    completion: Completion | None,
+    *,
+    failure: Failure | None,
+    started: float,
+    completed: float,
+    attempts: int,
+    latency: float | None,
+    cost: float | None,
+) -> Outcome:
+    """The journal record for a row: from its completion, or (``failure``) from its last error."""
+    c = completion
+    f = failure
+    return Outcome(
+        request_id=row.request_id,
+        row_index=row.index,
+        status=Status.FAILED if f is not None else Status.OK,
+        answer=c.answer if c else None,
+        finish_reason=c.finish_reason if c else None,
+        response_model=c.response_model if c else None,
+        prompt_tokens=c.prompt_tokens if c else None,
+        completion_tokens=c.completion_tokens if c else None,
+        total_tokens=c.total_tokens if c else None,
+        usage_estimated=c.usage_estimated if c else False,
+        error_type=f.error_type if f else None,
+        error_message=f.message if f else None,
+        http_status=c.http_status if c else (f.http_status if f else None),
+        attempts=attempts,
+        latency_ms=None if latency is None else latency * 1000.0,
+        started_at=started,
+        completed_at=completed,
+        response_id=c.response_id if c else None,
+        gateway_request_id=c.gateway_request_id if c else (f.gateway_request_id if f else None),
+        cost_usd=cost,
+    )

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from .records import RunSummary, Snapshot
 
 log = logging.getLogger("docpipe")
+
+
+class ProgressDisplay(Protocol):
+    """What the run shows progress on: a snapshot every ``interval`` seconds, and a last one."""
+
+    interval: float
+
+    def update(self, s: Snapshot) -> None: ...
+
+    def close(self, s: Snapshot) -> None: ...
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -98,5 +108,9 @@ def format_summary(s: RunSummary) -> str:
     ]
     if s.errors_by_type:
         lines.append("errors: " + ", ".join(f"{k}={v}" for k, v in sorted(s.errors_by_type.items())))
-    lines.append(f"results: {s.out}/results.parquet")
+    if s.results_file is not None:
+        lines.append(f"results: {s.results_file}")
+    else:
+        lines.append(f"results: not written; {s.journal_outcomes} outcomes are safe in {s.out}/_journal, "
+                     "and the same command run again rebuilds results.parquet")
     return "\n".join(lines)

@@ -1,0 +1,244 @@
+"""The run's record: counters while it goes, progress snapshots, the summary and ``_run.json``.
+
+The counters are this run's; ``prior`` holds what the folder already had. The
+final figures are read back from what is on disk (``results.parquet``, or the
+journal when results could not be written), so the summary never claims more,
+or less, than an analyst will find.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .config import JobConfig
+from .errors import ExitCode
+from .limits import AdaptiveLimit
+from .records import Ended, Outcome, RunSummary, Snapshot, Status
+
+_COUNTED = ["status", "error_type", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Rows and tokens by outcome, from a results table or the journal."""
+
+    ok: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, table: pa.Table) -> Counts:
+        """Counts of a table with the :data:`_COUNTED` columns."""
+        if table.num_rows == 0:
+            return cls()
+        ok = pc.sum(pc.equal(table["status"], Status.OK.value)).as_py() or 0
+        errors = {item["values"]: item["counts"] for item in pc.value_counts(table["error_type"].drop_null()).to_pylist()}
+        return cls(
+            ok=ok,
+            failed=table.num_rows - ok,
+            prompt_tokens=pc.sum(table["prompt_tokens"]).as_py() or 0,
+            completion_tokens=pc.sum(table["completion_tokens"]).as_py() or 0,
+            total_tokens=pc.sum(table["total_tokens"]).as_py() or 0,
+            cost_usd=pc.sum(table["cost_usd"]).as_py() or 0.0,
+            errors_by_type=errors,
+        )
+
+
+def results_counts(path: Any) -> Counts:
+    return Counts.of(pq.read_table(path, columns=_COUNTED))
+
+
+def exit_for(stopped: bool, failed: int, pending: int) -> tuple[Ended, ExitCode]:
+    """How a finished run ended, and the exit code that says so."""
+    if stopped or (pending and not failed):
+        return Ended.ABORTED, ExitCode.ABORTED
+    if failed:
+        return Ended.COMPLETED_WITH_FAILURES, ExitCode.FAILED_ROWS
+    if pending:  # pragma: no cover - covered by the first branch
+        return Ended.ABORTED, ExitCode.ABORTED
+    return Ended.COMPLETED, ExitCode.OK
+
+
+class RunRecord:
+    """What a run has done so far; see the module docstring."""
+
+    def __init__(self, cfg: JobConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+        self.started = clock()  # time to first request counts the manifest checks
+        self.started_at = datetime.now(UTC)
+        self.rows_total = 0
+        self.prior = Counts()
+        self.requests = 0
+        self.sent_rows = 0  # rows that reached an outcome through the gateway
+        self.this_run = _Tally()
+        self.timings: dict[str, float | None] = {"first_request_s": None, "compaction_s": None}
+
+    def begin(self, rows_total: int, prior: Counts) -> None:
+        self.rows_total = rows_total
+        self.prior = prior
+
+    def request_sent(self) -> None:
+        self.requests += 1
+        if self.timings["first_request_s"] is None:
+            self.timings["first_request_s"] = round(self.clock() - self.started, 4)
+
+    def add(self, outcome: Outcome) -> None:
+        self.this_run.add(outcome)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def snapshot(self, slots: AdaptiveLimit | None) -> Snapshot:
+        t = self.this_run
+        elapsed = self.elapsed()
+        rate = (t.ok + t.failed) / elapsed if elapsed > 0 else 0.0
+        done = self.prior.ok + self.prior.failed + t.ok + t.failed
+        left = max(0, self.rows_total - done)
+        return Snapshot(
+            rows_total=self.rows_total,
+            rows_done=done,
+            ok=self.prior.ok + t.ok,
+            failed=self.prior.failed + t.failed,
+            in_flight=slots.in_flight if slots else 0,
+            requests=self.requests,
+            tokens=t.total_tokens,
+            cost_usd=t.cost_usd if self.cfg.has_prices else None,
+            elapsed=elapsed,
+            rows_per_s=rate,
+            eta_s=left / rate if rate > 0 else None,
+            concurrency=slots.current if slots else 0,
+        )
+
+    def running(self) -> RunSummary:
+        """The summary written when the run starts (a crash leaves it saying so)."""
+        c = self.prior
+        return self._summary(Ended.RUNNING, None, ExitCode.ABORTED, c, None, results_file=None, journal=0)
+
+    def final(
+        self,
+        counts: Counts,
+        *,
+        stopped: bool,
+        reason: str | None,
+        slots: AdaptiveLimit | None,
+        results_file: str | None,
+        journal: int,
+    ) -> RunSummary:
+        """The summary of a finished (or stopped) run, from the counts on disk."""
+        pending = max(0, self.rows_total - counts.ok - counts.failed)
+        ended, code = exit_for(stopped, counts.failed, pending)
+        return self._summary(ended, reason, code, counts, slots, results_file=results_file, journal=journal)
+
+    def crashed(self, reason: str, code: ExitCode, slots: AdaptiveLimit | None) -> RunSummary:
+        """The summary of a run an error ended: this run's counters on top of the prior ones."""
+        ended = Ended.CRASHED if code == ExitCode.INTERNAL else Ended.ABORTED
+        counts = self.this_run.on_top_of(self.prior)
+        return self._summary(ended, reason, code, counts, slots, results_file=None, journal=self.this_run.rows)
+
+    def _summary(
+        self,
+        ended: Ended,
+        reason: str | None,
+        code: ExitCode,
+        c: Counts,
+        slots: AdaptiveLimit | None,
+        *,
+        results_file: str | None,
+        journal: int,
+    ) -> RunSummary:
+        return RunSummary(
+            run_id=self.run_id,
+            out=str(self.cfg.out),
+            ended=ended,
+            reason=reason,
+            exit_code=int(code),
+            rows_total=self.rows_total,
+            ok=c.ok,
+            failed=c.failed,
+            pending=max(0, self.rows_total - c.ok - c.failed),
+            sent_this_run=self.sent_rows,
+            requests=self.requests,
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            total_tokens=c.total_tokens,
+            cost_usd=c.cost_usd if self.cfg.has_prices else None,
+            elapsed_s=round(self.elapsed(), 3),
+            errors_by_type=dict(c.errors_by_type),
+            concurrency_final=slots.current if slots else 0,
+            max_in_flight=slots.max_seen if slots else 0,
+            results_file=results_file,
+            journal_outcomes=journal,
+        )
+
+    def info(self, summary: RunSummary) -> dict[str, Any]:
+        """``_run.json``'s content: the summary, timings, this run's figures and the settings (no key)."""
+        t = self.this_run
+        return {
+            **asdict(summary),
+            "started_at": self.started_at.isoformat(),
+            "ended_at": datetime.now(UTC).isoformat(),
+            "manifest": self.cfg.manifest,
+            "this_run": {"requests": self.requests, "ok": t.ok, "failed": t.failed,
+                         "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
+                         "total_tokens": t.total_tokens},  # fmt: skip
+            "timings": dict(self.timings),
+            "settings": self.cfg.public(),
+        }
+
+
+class _Tally:
+    """Counters of the outcomes this run produced (one add per outcome, on the hot path)."""
+
+    __slots__ = ("completion_tokens", "cost_usd", "errors", "failed", "ok", "prompt_tokens", "total_tokens")
+
+    def __init__(self) -> None:
+        self.ok = self.failed = 0
+        self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
+        self.cost_usd = 0.0
+        self.errors: dict[str, int] = {}
+
+    @property
+    def rows(self) -> int:
+        return self.ok + self.failed
+
+    def add(self, o: Outcome) -> None:
+        if o.status == Status.OK:
+            self.ok += 1
+            self.prompt_tokens += o.prompt_tokens or 0
+            self.completion_tokens += o.completion_tokens or 0
+            self.total_tokens += o.total_tokens or 0
+        else:
+            self.failed += 1
+            et = o.error_type or "unknown"
+            self.errors[et] = self.errors.get(et, 0) + 1
+        if o.cost_usd:
+            self.cost_usd += o.cost_usd
+
+    def on_top_of(self, prior: Counts) -> Counts:
+        errors = dict(prior.errors_by_type)
+        for k, v in self.errors.items():
+            errors[k] = errors.get(k, 0) + v
+        return Counts(
+            ok=prior.ok + self.ok,
+            failed=prior.failed + self.failed,
+            prompt_tokens=prior.prompt_tokens + self.prompt_tokens,
+            completion_tokens=prior.completion_tokens + self.completion_tokens,
+            total_tokens=prior.total_tokens + self.total_tokens,
+            cost_usd=prior.cost_usd + self.cost_usd,
+            errors_by_type=errors,
+        )
