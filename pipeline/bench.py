@@ -255,11 +255,25 @@ def _throughput(times: list[float], requests: int, latency: float) -> float:
     return requests / (times[-1] - times[0] + latency)
 
 
-def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunResult:
-    """Run ``spec`` once: fresh simulator, fresh manifest and output folder."""
-    work.mkdir(parents=True, exist_ok=True)
-    manifest, out = work / "manifest.parquet", work / "out"
-    write_manifest(manifest, spec.rows, spec.row_group_rows)
+@dataclass(frozen=True)
+class _Readings:
+    """What one measured client run left behind: its exit, clocks and the simulator's counts."""
+
+    code: int
+    wall: float
+    usage: Any
+    stats: dict[str, Any]
+    info: dict[str, Any]
+    sim_t0: float
+    spawned: float
+    sim_cpu: tuple[float | None, float | None]
+    busy: tuple[float | None, float | None]
+    resume: tuple[int, float, Any] | None
+    resume_requests: int | None
+
+
+def _drive(spec: RunSpec, work: Path, manifest: Path, out: Path, profile: Path | None) -> _Readings:
+    """Start the simulator, run the client (and the resume check) against it, read the counts."""
     with simulator(spec, work / "sim.log") as sim:
         run = ["-m", "pipeline.cli", "run", str(manifest), "--out", str(out), "--base-url", sim.url,
                "--api-key", "bench", "--concurrency", str(spec.concurrency), "--fixed-concurrency",
@@ -281,6 +295,19 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
             sim.reset()
             resume = run_client([sys.executable, *run], work / "resume.err")
             resume_requests = sim.stats()["requests"]
+    return _Readings(code, wall, usage, st, info, sim_t0, spawned, (cpu0, cpu1), (busy0, busy1), resume,
+                     resume_requests)  # fmt: skip
+
+
+def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunResult:
+    """Run ``spec`` once: fresh simulator, fresh manifest and output folder."""
+    work.mkdir(parents=True, exist_ok=True)
+    manifest, out = work / "manifest.parquet", work / "out"
+    write_manifest(manifest, spec.rows, spec.row_group_rows)
+    r = _drive(spec, work, manifest, out, profile)
+    code, wall, usage, st, info, resume = r.code, r.wall, r.usage, r.stats, r.info, r.resume
+    (cpu0, cpu1), (busy0, busy1), sim_t0, spawned, resume_requests = r.sim_cpu, r.busy, r.sim_t0, r.spawned, \
+        r.resume_requests  # fmt: skip
     timings = info.get("timings", {})
     times: list[float] = st["request_times"]
     requests = st["requests"]

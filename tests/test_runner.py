@@ -1,0 +1,91 @@
+"""The run as a library call: no side effects on the process, usable from async code and
+notebooks, and a summary that says what is on disk whatever happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline import run, run_async
+from pipeline.report import format_summary
+
+from .conftest import ROOT, TEST_KEY, fast_config, make_rows, write_csv
+
+_LIBRARY_CHECK = """
+import asyncio, os, sys
+{first}
+before = (list(sys.meta_path), os.umask(0o022), asyncio.get_event_loop_policy())
+os.umask(before[1])
+import pyarrow as pa
+pool = pa.default_memory_pool().backend_name
+from pipeline import run
+s = run(manifest={manifest!r}, out={out!r}, base_url={url!r}, api_key={key!r}, progress="none")
+assert s.exit_code == 0 and s.ok == 5, s
+import pandas as pd
+arr = pa.array(pd.Series([1, None, 3], dtype="Int64"))
+assert arr.null_count == 1 and arr.type == pa.int64()
+mask = os.umask(0o022); os.umask(mask)
+assert (list(sys.meta_path), mask, asyncio.get_event_loop_policy()) == before, "process state changed"
+assert pa.default_memory_pool().backend_name == pool, "memory pool changed"
+print("fine")
+"""
+
+
+@pytest.mark.parametrize("first", ["import pandas", "import pipeline"])
+def test_a_library_run_changes_nothing_else_in_the_process(tmp_path: Path, sim, first: str) -> None:
+    # issue 9: a run used to hide pandas from pyarrow with an import hook, breaking pa.array(Int64 series)
+    server = sim()
+    manifest = write_csv(tmp_path / "m.csv", make_rows(5))
+    code = _LIBRARY_CHECK.format(first=first, manifest=str(manifest), out=str(tmp_path / "out"), url=server.url,
+                                 key=TEST_KEY)  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "fine", r.stderr
+
+
+def test_run_works_inside_a_running_event_loop(tmp_path: Path, sim) -> None:
+    # issue 16 defect 9: a Jupyter cell has a running loop; run() must still work there
+    server = sim()
+    manifest = write_csv(tmp_path / "m.csv", make_rows(6))
+    cfg = fast_config(manifest, tmp_path / "out", server)
+
+    async def cell() -> int:
+        return run(cfg).ok
+
+    assert asyncio.run(cell()) == 6
+
+
+def test_run_async_is_awaitable_from_async_code(tmp_path: Path, sim) -> None:
+    server = sim()
+    manifest = write_csv(tmp_path / "m.csv", make_rows(4))
+    summary = asyncio.run(run_async(fast_config(manifest, tmp_path / "out", server)))
+    assert (summary.exit_code, summary.ok) == (0, 4)
+
+
+def test_when_results_cannot_be_written_the_summary_says_what_is_on_disk(tmp_path: Path, sim) -> None:
+    # issue 16 defect 10: a failed compaction must not report "0 ok, all pending" nor name a missing file
+    server = sim()
+    manifest = write_csv(tmp_path / "m.csv", make_rows(20))
+    out = tmp_path / "out"
+    (out / "results.parquet").mkdir(parents=True)  # the rename onto it fails, like a full disk would
+    summary = run(fast_config(manifest, out, server))
+    assert (summary.exit_code, summary.ended, summary.ok, summary.pending) == (3, "aborted", 20, 0)
+    assert summary.results_file is None and summary.journal_outcomes == 20
+    assert summary.total_tokens == server.stats()["prompt_tokens"] + server.stats()["completion_tokens"]
+    text = format_summary(summary)
+    assert "not written" in text and "20 outcomes are safe" in text and "results.parquet\n" not in text
+    info = json.loads((out / "_run.json").read_text())
+    assert (info["ended"], info["exit_code"], info["ok"], info["results_file"]) == ("aborted", 3, 20, None)
+
+    (out / "results.parquet").rmdir()
+    again = run(fast_config(manifest, out, server))
+    assert (again.exit_code, again.ok, again.requests) == (0, 20, 0)
+    assert len(pd.read_parquet(out / "results.parquet")) == 20
+    assert server.stats()["requests"] == 20
