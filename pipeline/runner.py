@@ -141,6 +141,7 @@ class Run:
         finally:
             self.journal.close()
         results = await self._compact(manifest) if journal_ok else None
+        self.record.sample(self.pacer.slots)
         summary = self._final_summary(results)
         if self.progress is not None:
             self.progress.close(self.record.snapshot(self.pacer.slots))
@@ -256,7 +257,7 @@ class Run:
     async def _background(self) -> AsyncIterator[None]:
         """The journal's fsync every flush_interval, progress ticks and the deadline."""
         cfg = self.cfg
-        coros: list[Coroutine[Any, Any, None]] = [self._flush_every(cfg.flush_interval)]
+        coros: list[Coroutine[Any, Any, None]] = [self._flush_every(cfg.flush_interval), self._sample_every(1.0)]
         if self.progress is not None:
             coros.append(self._tick(self.progress))
         if cfg.deadline or cfg.max_runtime:
@@ -278,6 +279,11 @@ class Run:
             except StorageError as e:
                 self.stop.request(str(e))
                 return
+
+    async def _sample_every(self, interval: float) -> None:
+        while True:
+            self.record.sample(self.pacer.slots)
+            await asyncio.sleep(interval)
 
     async def _deadline(self) -> None:
         cfg = self.cfg

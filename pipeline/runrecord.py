@@ -87,6 +87,9 @@ class RunRecord:
         self.sent_rows = 0  # rows that reached an outcome through the gateway
         self.this_run = _Tally()
         self.timings: dict[str, float | None] = {"first_request_s": None, "compaction_s": None}
+        #: failed attempts by error_type (rows may retry and end ok: these are not row counts)
+        self.attempt_errors: dict[str, int] = {}
+        self.timeline = Timeline()
 
     def begin(self, rows_total: int, prior: Counts) -> None:
         self.rows_total = rows_total
@@ -99,6 +102,20 @@ class RunRecord:
 
     def add(self, outcome: Outcome) -> None:
         self.this_run.add(outcome)
+
+    def attempt_failed(self, error_type: str) -> None:
+        self.attempt_errors[error_type] = self.attempt_errors.get(error_type, 0) + 1
+
+    def sample(self, slots: AdaptiveLimit | None) -> None:
+        """Add a point to the timeline (the report's throughput, in-flight and error charts)."""
+        t = self.this_run
+        self.timeline.add(round(self.elapsed(), 3), {
+            "in_flight": slots.in_flight if slots else 0, "limit": slots.current if slots else 0,
+            "requests": self.requests, "ok": t.ok, "failed": t.failed,
+            "rate_limited": self.attempt_errors.get("rate_limited", 0),
+            "server_error": self.attempt_errors.get("server_error", 0),
+            "timeout": self.attempt_errors.get("timeout", 0),
+        })  # fmt: skip
 
     def elapsed(self) -> float:
         return self.clock() - self.started
@@ -197,8 +214,34 @@ class RunRecord:
                          "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
                          "total_tokens": t.total_tokens},  # fmt: skip
             "timings": dict(self.timings),
+            "attempt_errors": dict(self.attempt_errors),
+            "timeline": self.timeline.points(),
             "settings": self.cfg.public(),
         }
+
+
+class Timeline:
+    """Samples of the run's counters over time, kept to at most ``limit`` points: when full,
+    every other point is dropped and the sampling step doubles, so a night-long run and a
+    one-minute run both leave a chart-sized series (cumulative counters survive thinning)."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self.step = 1  # keep one sample in `step`
+        self._seen = 0
+        self._points: list[dict[str, float]] = []
+
+    def add(self, t: float, values: dict[str, float]) -> None:
+        self._seen += 1
+        if (self._seen - 1) % self.step:
+            return
+        self._points.append({"t": t, **values})
+        if len(self._points) >= self.limit:
+            self._points = self._points[::2]
+            self.step *= 2
+
+    def points(self) -> list[dict[str, float]]:
+        return list(self._points)
 
 
 class _Tally:

@@ -207,6 +207,7 @@ class RowSender:
 
     async def _failed(self, e: RequestError, *, probe: bool, first_attempt: bool) -> None:
         """Account a failed attempt; raises RunFatalError when it must stop the run."""
+        self.record.attempt_failed(e.error_type)
         if e.http_status is not None:
             self._gateway_answered = True
         hold = self.pacer.failed(rate_limited=isinstance(e, RateLimited), retry_after=e.retry_after)
