@@ -327,7 +327,8 @@ def _gateway_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _dumps(data: Any) -> str:
-    from .summary import dumps
+    """``--json`` output: a record's fields (dataclasses.asdict), or a plain dict."""
+    from .report import dumps  # not .summary: that imports pandas
 
     return dumps(data)
 
@@ -384,8 +385,8 @@ def summary(outs: tuple[str, ...], as_json: bool) -> None:
     """
     from .summary import format_summary_report, summarize
 
-    data = summarize(outs)
-    click.echo(_dumps(data) if as_json else format_summary_report(data))
+    report = summarize(outs)
+    click.echo(_dumps(report) if as_json else format_summary_report(report))
 
 
 @main.command()
@@ -408,8 +409,8 @@ def diff(out_a: str, out_b: str, out_changed: str | None, key: str, as_json: boo
     """
     from .summary import diff as compare, format_diff
 
-    data = compare(out_a, out_b, key=key, out_changed=out_changed)
-    click.echo(_dumps(data) if as_json else format_diff(data))
+    report = compare(out_a, out_b, key="content" if key == "content" else "request_id", out_changed=out_changed)
+    click.echo(_dumps(report) if as_json else format_diff(report))
 
 
 @main.command()
@@ -427,14 +428,10 @@ def merge(outs: tuple[str, ...], target: str, as_json: bool) -> None:
     Example:
       docpipe merge out/shard-1 out/shard-2 --out out/all
     """
-    from .summary import merge as combine
+    from .summary import format_merge, merge as combine
 
-    data = combine(outs, target)
-    if as_json:
-        click.echo(_dumps(data))
-    else:
-        dropped = f" ({data['duplicates_dropped']} older duplicates dropped)" if data["duplicates_dropped"] else ""
-        click.echo(f"{data['rows']} rows from {len(outs)} folders -> {data['out']}{dropped}")
+    report = combine(outs, target)
+    click.echo(_dumps(report) if as_json else format_merge(report))
 
 
 @main.command()
@@ -453,8 +450,8 @@ def models(job: str | None, base_url: str | None, api_key: str | None, timeout: 
     """
     from .gateway_info import format_models, models as list_models
 
-    items = list_models(load_config(job, base_url=base_url, api_key=api_key, timeout=timeout))
-    click.echo(_dumps({"models": items}) if as_json else format_models(items))
+    listed = list_models(load_config(job, base_url=base_url, api_key=api_key, timeout=timeout))
+    click.echo(_dumps(listed) if as_json else format_models(listed))
 
 
 @main.command()
@@ -473,8 +470,8 @@ def quota(job: str | None, base_url: str | None, api_key: str | None, timeout: f
     """
     from .gateway_info import format_quota, quota as fetch
 
-    data = fetch(load_config(job, base_url=base_url, api_key=api_key, timeout=timeout))
-    click.echo(_dumps(data) if as_json else format_quota(data))
+    found = fetch(load_config(job, base_url=base_url, api_key=api_key, timeout=timeout))
+    click.echo(_dumps(found) if as_json else format_quota(found))
 
 
 # ----------------------------------------------------------------------------- end of ops commands

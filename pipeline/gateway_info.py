@@ -12,14 +12,61 @@ is one clear error, whatever endpoint meets it first.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from .client import GatewayClient
 from .config import JobConfig
 from .errors import DocpipeError, GatewayRefused, RequestError, RunFatalError
+from .report import JsonRecord
+
+__all__ = ["Model", "ModelList", "Quota", "TokenQuota", "fetch_models", "fetch_quota", "format_models",
+           "format_quota", "models", "quota"]  # fmt: skip
 
 QUOTA_UNITS_PER_USD = 500_000
+_SUBSCRIPTION, _USAGE, _TOKEN = "/dashboard/billing/subscription", "/dashboard/billing/usage", "/api/usage/token/"
+
+
+@dataclass(frozen=True, slots=True)
+class Model(JsonRecord):
+    """One model the gateway serves this key."""
+
+    id: str
+    owned_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelList(JsonRecord):
+    """The models, sorted by id; ``to_dict()`` is ``docpipe models --json``."""
+
+    models: tuple[Model, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenQuota(JsonRecord):
+    """new-api's figures for this key (``/api/usage/token/``), in USD."""
+
+    name: str | None
+    granted_usd: float | None
+    used_usd: float | None
+    available_usd: float | None
+    unlimited: bool
+    expires_at: str | None  # ISO 8601 UTC; None: never expires
+
+
+@dataclass(frozen=True, slots=True)
+class Quota(JsonRecord):
+    """Limit, usage and what is left, in USD; None for what the gateway does not say.
+    ``to_dict()`` is ``docpipe quota --json``."""
+
+    base_url: str
+    hard_limit_usd: float | None
+    used_usd: float | None
+    remaining_usd: float | None
+    token: TokenQuota | None
+    unavailable: tuple[str, ...]  # "endpoint: why" for each endpoint that gave nothing
 
 
 def _refused(cfg: JobConfig, path: str, e: RunFatalError) -> GatewayRefused:
@@ -39,66 +86,84 @@ async def _get(client: GatewayClient, path: str) -> Any:
         raise
 
 
-async def fetch_models(cfg: JobConfig) -> list[dict[str, Any]]:
+def _number(v: Any) -> float | None:
+    """A JSON number (or numeric text) as float; None for null, booleans and the like."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+async def fetch_models(cfg: JobConfig) -> ModelList:
     """The model list, from either response shape (OpenAI list or new-api success)."""
     async with GatewayClient(cfg, connections=2) as client:
         data = await _get(client, "/models")
     items = data.get("data") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise DocpipeError(f"{cfg.base_url}/models: unexpected answer (no model list)")
-    models = []
+    found = []
     for item in items:
         if isinstance(item, str):
-            models.append({"id": item, "owned_by": None})
+            found.append(Model(id=item, owned_by=None))
         elif isinstance(item, dict) and item.get("id"):
-            models.append({"id": str(item["id"]), "owned_by": item.get("owned_by")})
-    return sorted(models, key=lambda m: m["id"])
+            owner = item.get("owned_by")
+            found.append(Model(id=str(item["id"]), owned_by=None if owner is None else str(owner)))
+    return ModelList(models=tuple(sorted(found, key=lambda m: m.id)))
 
 
-async def fetch_quota(cfg: JobConfig) -> dict[str, Any]:
+async def _endpoint(client: GatewayClient, path: str, unavailable: list[str]) -> dict[str, Any] | None:
+    """One usage endpoint's JSON object, or None (and why, in ``unavailable``)."""
+    try:
+        data = await _get(client, path)
+    except RequestError as e:
+        # a gateway without the endpoint answers 404, or (one-api's web UI) an HTML
+        # page with 200; an unreachable gateway is not "unavailable", it is an error
+        if e.error_type in ("connection", "timeout"):
+            raise
+        unavailable.append(f"{path}: {e}")
+        return None
+    if not isinstance(data, dict):
+        unavailable.append(f"{path}: unexpected answer")
+        return None
+    return data
+
+
+async def fetch_quota(cfg: JobConfig) -> Quota:
     """Limit, usage and remaining USD; ``None`` for what the gateway does not say."""
-    q: dict[str, Any] = {"base_url": cfg.base_url, "hard_limit_usd": None, "used_usd": None,
-                         "remaining_usd": None, "token": None, "unavailable": []}  # fmt: skip
+    unavailable: list[str] = []
     async with GatewayClient(cfg, connections=2) as client:
-        for path, name in (("/dashboard/billing/subscription", "subscription"),
-                           ("/dashboard/billing/usage", "usage"), ("/api/usage/token/", "token")):  # fmt: skip
-            try:
-                data = await _get(client, path)
-            except RequestError as e:
-                # a gateway without the endpoint answers 404, or (one-api's web UI) an HTML
-                # page with 200; an unreachable gateway is not "unavailable", it is an error
-                if e.error_type in ("connection", "timeout"):
-                    raise
-                q["unavailable"].append(f"{path}: {e}")
-                continue
-            if not isinstance(data, dict):
-                q["unavailable"].append(f"{path}: unexpected answer")
-            elif name == "subscription" and data.get("hard_limit_usd") is not None:
-                q["hard_limit_usd"] = float(data["hard_limit_usd"])
-            elif name == "usage" and data.get("total_usage") is not None:
-                q["used_usd"] = float(data["total_usage"]) / 100.0  # cents
-            elif name == "token" and isinstance(data.get("data"), dict):
-                q["token"] = _token_usage(data["data"])
-    if q["hard_limit_usd"] is not None and q["used_usd"] is not None:
-        q["remaining_usd"] = q["hard_limit_usd"] - q["used_usd"]
-    if q["hard_limit_usd"] is None and q["used_usd"] is None and q["token"] is None:
-        raise DocpipeError(f"{cfg.base_url}: the gateway answers no usage endpoint: " + "; ".join(q["unavailable"]))
-    return q
+        subscription = await _endpoint(client, _SUBSCRIPTION, unavailable)
+        usage = await _endpoint(client, _USAGE, unavailable)
+        token = await _endpoint(client, _TOKEN, unavailable)
+    limit = _number(subscription.get("hard_limit_usd")) if subscription else None
+    cents = _number(usage.get("total_usage")) if usage else None
+    used = None if cents is None else cents / 100.0
+    token_data = token.get("data") if token else None
+    token_quota = _token_usage(token_data) if isinstance(token_data, dict) else None
+    if limit is None and used is None and token_quota is None:
+        raise DocpipeError(f"{cfg.base_url}: the gateway answers no usage endpoint: " + "; ".join(unavailable))
+    return Quota(base_url=cfg.base_url, hard_limit_usd=limit, used_usd=used,
+                 remaining_usd=None if limit is None or used is None else limit - used,
+                 token=token_quota, unavailable=tuple(unavailable))  # fmt: skip
 
 
-def _token_usage(d: dict[str, Any]) -> dict[str, Any]:
+def _token_usage(d: dict[str, Any]) -> TokenQuota:
     def usd(key: str) -> float | None:
-        v = d.get(key)
-        return None if v is None else float(v) / QUOTA_UNITS_PER_USD
+        units = _number(d.get(key))
+        return None if units is None else units / QUOTA_UNITS_PER_USD
 
-    return {
-        "name": d.get("name"),
-        "granted_usd": usd("total_granted"),
-        "used_usd": usd("total_used"),
-        "available_usd": usd("total_available"),
-        "unlimited": bool(d.get("unlimited_quota")),
-        "expires_at": _expiry(d.get("expires_at")),
-    }
+    name = d.get("name")
+    return TokenQuota(
+        name=None if name is None else str(name),
+        granted_usd=usd("total_granted"),
+        used_usd=usd("total_used"),
+        available_usd=usd("total_available"),
+        unlimited=bool(d.get("unlimited_quota")),
+        expires_at=_expiry(d.get("expires_at")),
+    )
 
 
 def _expiry(value: Any) -> str | None:
@@ -107,37 +172,39 @@ def _expiry(value: Any) -> str | None:
         seconds = int(value)
     except (TypeError, ValueError):
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat() if seconds > 0 else None
+    return datetime.fromtimestamp(seconds, UTC).isoformat() if seconds > 0 else None
 
 
-def models(cfg: JobConfig) -> list[dict[str, Any]]:
+def models(cfg: JobConfig) -> ModelList:
+    """The models the gateway serves this key (blocking; see :func:`fetch_models`)."""
     return asyncio.run(fetch_models(cfg))
 
 
-def quota(cfg: JobConfig) -> dict[str, Any]:
+def quota(cfg: JobConfig) -> Quota:
+    """The key's quota (blocking; see :func:`fetch_quota`)."""
     return asyncio.run(fetch_quota(cfg))
 
 
-def format_models(items: list[dict[str, Any]]) -> str:
-    if not items:
+def format_models(m: ModelList) -> str:
+    """One model per line: id, then owner (what ``docpipe models`` prints)."""
+    if not m.models:
         return "the gateway lists no models for this key"
-    width = max(len(m["id"]) for m in items)
-    return "\n".join(f"{m['id']:<{width}}  {m['owned_by'] or ''}".rstrip() for m in items)
+    width = max(len(x.id) for x in m.models)
+    return "\n".join(f"{x.id:<{width}}  {x.owned_by or ''}".rstrip() for x in m.models)
 
 
-def format_quota(q: dict[str, Any]) -> str:
+def format_quota(q: Quota) -> str:
+    """Limit, usage and what is left, in USD (what ``docpipe quota`` prints)."""
+
     def usd(x: float | None) -> str:
         return "unknown" if x is None else f"${x:,.2f}"
 
-    lines = [f"gateway: {q['base_url']}"]
-    if q["hard_limit_usd"] is not None or q["used_usd"] is not None:
-        lines.append(f"limit {usd(q['hard_limit_usd'])}, used {usd(q['used_usd'])}, "
-                     f"remaining {usd(q['remaining_usd'])}")  # fmt: skip
-    t = q["token"]
-    if t is not None:
-        left = "unlimited" if t["unlimited"] else usd(t["available_usd"])
-        expiry = f", expires {t['expires_at']}" if t["expires_at"] else ""
-        name = f" {t['name']}" if t["name"] else ""
-        lines.append(f"token{name}: granted {usd(t['granted_usd'])}, used {usd(t['used_usd'])}, "
-                     f"available {left}{expiry}")  # fmt: skip
+    lines = [f"gateway: {q.base_url}"]
+    if q.hard_limit_usd is not None or q.used_usd is not None:
+        lines.append(f"limit {usd(q.hard_limit_usd)}, used {usd(q.used_usd)}, remaining {usd(q.remaining_usd)}")
+    if (t := q.token) is not None:
+        left = "unlimited" if t.unlimited else usd(t.available_usd)
+        expiry = f", expires {t.expires_at}" if t.expires_at else ""
+        name = f" {t.name}" if t.name else ""
+        lines.append(f"token{name}: granted {usd(t.granted_usd)}, used {usd(t.used_usd)}, available {left}{expiry}")
     return "\n".join(lines)

@@ -2,12 +2,18 @@
 
 An output folder is ``OUT/results.parquet`` plus ``OUT/_run.json`` (see
 :mod:`pipeline.results`). Every function here accepts the folder or the
-results file itself.
+results file itself, and returns a frozen record (:class:`SummaryReport`,
+:class:`DiffReport`, :class:`MergeReport`) whose ``to_dict()`` is what ``--json``
+prints; ``format_*`` turn the same records into text.
 
 Decisions:
 
 - Latency percentiles are over every row with a ``latency_ms`` (ok and failed
-  rows that reached the gateway), linear interpolation as ``pandas.quantile``.
+  rows that reached the gateway), linear interpolation as ``pandas.quantile``;
+  the slowest rows are chosen among those rows only.
+- Any figure may be missing (a row that never reached the gateway has no latency,
+  tokens or HTTP status; an older or half-written folder lacks columns): records
+  hold ``None`` for it, never NaN, and the text says ``n/a``.
 - Throughput is the rows the latest run produced (``run_id`` of ``_run.json``)
   divided by its ``elapsed_s``; over several folders (shards run side by side)
   it is their rows over the wall-clock span from the first start to the last end.
@@ -16,24 +22,42 @@ Decisions:
   pair by ``file_url`` and ``question`` instead (``key="content"``).
 - ``merge`` keeps the latest outcome (``completed_at``, then the later folder)
   per ``request_id`` and streams: memory holds ids, not the tables.
+
+This module imports pandas; the run path must not import it (only the CLI's
+closing report does, after the run).
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import UsageError
+from .report import JsonRecord, dumps
 from .results import JOURNAL_DIR, RESULTS_FILE, RunDir, atomic_write_table, pandas_metadata
+
+__all__ = [
+    "ChangedAnswer", "CountDelta", "DiffReport", "FailedRow", "LatencyStats", "MergeReport", "MergeSource",
+    "RunRef", "SlowRow", "Source", "SummaryReport", "Throughput", "TokenDeltas", "TokenTotals", "ValueDelta",
+    "diff", "dumps", "format_diff", "format_merge", "format_summary_report", "merge", "summarize",
+]  # fmt: skip
+
+#: The outcome of a row in results.parquet.
+RowStatus = Literal["ok", "failed"]
+#: How a run ended, as ``_run.json`` says ("running" while it goes, or after a crash).
+RunEnd = Literal["running", "completed", "completed_with_failures", "aborted"]
+#: How ``diff`` pairs rows.
+DiffKey = Literal["request_id", "content"]
 
 TOP = 10
 _SUMMARY_COLUMNS = ["request_id", "file_url", "status", "error_type", "error_message", "http_status",
@@ -41,7 +65,261 @@ _SUMMARY_COLUMNS = ["request_id", "file_url", "status", "error_type", "error_mes
                     "attempts", "run_id"]  # fmt: skip
 _DIFF_COLUMNS = ["request_id", "file_url", "question", "answer", "status", "prompt_tokens",
                  "completion_tokens", "total_tokens", "cost_usd"]  # fmt: skip
-_DIFF_KEYS = {"request_id": ["request_id"], "content": ["file_url", "question"]}
+_DIFF_KEYS: dict[str, list[str]] = {"request_id": ["request_id"], "content": ["file_url", "question"]}
+_INT_COLUMNS = {"prompt_tokens", "completion_tokens", "total_tokens", "http_status", "attempts"}
+_FLOAT_COLUMNS = {"cost_usd", "latency_ms"}
+_TOKEN_KINDS = ("prompt", "completion", "total")
+
+# -------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef(JsonRecord):
+    """One run behind a folder, as its ``_run.json`` (or a merge's list of runs) says."""
+
+    run_id: str | None
+    started_at: str | None
+    ended_at: str | None
+    elapsed_s: float | None
+    ended: RunEnd | None
+    out: str | None
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> RunRef:
+        """Read one run from ``_run.json``; a value of the wrong kind reads as missing."""
+        ended = info.get("ended")
+        return cls(
+            run_id=_opt_str(info.get("run_id")),
+            started_at=_opt_str(info.get("started_at")),
+            ended_at=_opt_str(info.get("ended_at")),
+            elapsed_s=_opt_float(info.get("elapsed_s")),
+            ended=ended if ended in get_args(RunEnd) else None,
+            out=_opt_str(info.get("out")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Source(JsonRecord):
+    """One folder a summary read."""
+
+    path: str
+    rows: int
+    run_ids: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenTotals(JsonRecord):
+    """Token sums; rows without usage count as 0."""
+
+    prompt: int
+    completion: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats(JsonRecord):
+    """``latency_ms`` percentiles over the ``rows`` that have one (None when none has)."""
+
+    rows: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput(JsonRecord):
+    """Rows the latest run(s) produced over their wall-clock time."""
+
+    rows: int
+    elapsed_s: float
+    rows_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SlowRow(JsonRecord):
+    """One of the slowest rows (only rows with a latency qualify)."""
+
+    request_id: str
+    file_url: str | None
+    latency_ms: float
+    attempts: int | None
+    status: RowStatus
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRow(JsonRecord):
+    """One failed row: what failed and why."""
+
+    request_id: str
+    file_url: str | None
+    error_type: str | None
+    http_status: int | None
+    error_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryReport(JsonRecord):
+    """What :func:`summarize` found; ``to_dict()`` is ``docpipe summary --json``."""
+
+    sources: tuple[Source, ...]
+    rows: int
+    status: Mapping[RowStatus, int]  # rows per status, most common first
+    error_types: Mapping[str, int]  # failed rows per error_type, most common first
+    tokens: TokenTotals
+    cost_usd: float | None  # None: no row has a cost (the job had no prices)
+    latency_ms: LatencyStats
+    throughput: Throughput | None  # None: the runs' times are unknown
+    attempts: Mapping[int, int]  # attempts -> rows, ascending
+    slowest: tuple[SlowRow, ...]  # at most TOP
+    failed_rows: int
+    failed: tuple[FailedRow, ...]  # the first TOP in file order
+
+
+@dataclass(frozen=True, slots=True)
+class CountDelta(JsonRecord):
+    """A count in run A and run B, and B - A."""
+
+    a: int
+    b: int
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class ValueDelta(JsonRecord):
+    """A figure in run A and run B, and B - A; None where a run has no such figure."""
+
+    a: float | None
+    b: float | None
+    delta: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDeltas(JsonRecord):
+    """Token sums of both runs."""
+
+    prompt: CountDelta
+    completion: CountDelta
+    total: CountDelta
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedAnswer(JsonRecord):
+    """One example of a changed answer."""
+
+    request_id: str | None
+    question: str | None
+    answer_a: str | None
+    answer_b: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DiffReport(JsonRecord):
+    """What :func:`diff` found; ``to_dict()`` is ``docpipe diff --json``."""
+
+    a: str
+    b: str
+    key: tuple[str, ...]  # the columns rows were paired by
+    rows_a: int
+    rows_b: int
+    common: int
+    changed: int
+    unchanged: int
+    new: int  # in B only
+    gone: int  # in A only
+    status_changes: Mapping[str, int]  # "ok->failed" -> rows
+    tokens: TokenDeltas
+    cost_usd: ValueDelta
+    failure_rate: ValueDelta
+    examples: tuple[ChangedAnswer, ...]
+    new_ids: tuple[str | None, ...]
+    gone_ids: tuple[str | None, ...]
+    changed_file: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MergeSource(JsonRecord):
+    """One folder merged and the rows it held."""
+
+    path: str
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class MergeReport(JsonRecord):
+    """What :func:`merge` wrote; ``to_dict()`` is ``docpipe merge --json``."""
+
+    out: str
+    rows: int
+    duplicates_dropped: int
+    sources: tuple[MergeSource, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MergeInfo(JsonRecord):
+    """The ``_run.json`` a merge writes: its sources' runs, for throughput later."""
+
+    kind: Literal["merge"]
+    merged_from: tuple[str, ...]
+    rows: int
+    duplicates_dropped: int
+    written_at: str
+    runs: tuple[RunRef, ...]
+
+
+# -------------------------------------------------------------------------- values
+
+# Values come from files: any of them may be None, pd.NA, NaN or NaT. These turn
+# them into plain Python or None, so no record ever holds NaN.
+
+
+def _opt_float(v: Any) -> float | None:
+    """A finite float, or None for a missing or non-numeric value."""
+    if isinstance(v, (str, bytes, bool)):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _opt_int(v: Any) -> int | None:
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    f = _opt_float(v)
+    return None if f is None else round(f)
+
+
+def _opt_str(v: Any) -> str | None:
+    if isinstance(v, str):
+        return v
+    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return str(v)
+
+
+def _row_status(v: Any) -> RowStatus:
+    # _conform_frame refused anything else already
+    return "ok" if v == "ok" else "failed"
+
+
+def _counts(s: pd.Series) -> dict[str, int]:
+    """Non-null values -> rows, most common first."""
+    return {str(k): int(n) for k, n in s.dropna().value_counts().items()}
+
+
+def _time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text).astimezone() if text else None
+    except ValueError:
+        return None
+
+
+def _na(x: float | None, spec: str = ".0f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+# -------------------------------------------------------------------------- reading
 
 
 def _locate(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -60,129 +338,153 @@ def _read(path: str | os.PathLike[str], columns: list[str], *, journal_ok: bool 
         if journal_ok and (folder / JOURNAL_DIR).is_dir() and RunDir(folder).parts():
             # a run still going (or killed): its journal holds the outcomes so far
             table = RunDir(folder).latest()
-            return table.select([c for c in columns if c in table.column_names]).to_pandas()
+            frame = table.select([c for c in columns if c in table.column_names]).to_pandas()
+            return _conform_frame(frame, columns, folder / JOURNAL_DIR)
         raise UsageError(f"{results}: not found; is {folder} a docpipe output folder?")
     try:
         present = set(pq.read_schema(results).names)
-        return pd.read_parquet(results, columns=[c for c in columns if c in present])
+        frame = pd.read_parquet(results, columns=[c for c in columns if c in present])
     except (OSError, pa.ArrowInvalid) as e:
         raise UsageError(f"{results}: cannot read: {e}") from None
+    return _conform_frame(frame, columns, results)
 
 
-def _run_infos(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def _conform_frame(df: pd.DataFrame, columns: list[str], source: Path) -> pd.DataFrame:
+    """Every column asked for, int columns as nullable Int64 and float columns as
+    float64: a journal read without pandas metadata gives floats for ints, an older
+    file may lack a column, and any column may hold nulls."""
+    out: dict[str, pd.Series] = {}
+    for c in columns:
+        s = df[c] if c in df.columns else pd.Series([None] * len(df), index=df.index, dtype="object")
+        if c in _INT_COLUMNS:
+            s = pd.to_numeric(s, errors="coerce").round().astype("Int64")
+        elif c in _FLOAT_COLUMNS:
+            s = pd.to_numeric(s, errors="coerce").astype("float64")
+        out[c] = s
+    frame = pd.DataFrame(out, index=df.index)
+    status = frame["status"]
+    bad = status[~status.isin(get_args(RowStatus))]
+    if len(bad):
+        raise UsageError(f"{source}: column 'status' holds {_opt_str(bad.iloc[0])!r} (row {bad.index[0]}); "
+                         "expected 'ok' or 'failed': is it a docpipe results file?")  # fmt: skip
+    return frame
+
+
+def _run_refs(path: str | os.PathLike[str]) -> list[RunRef]:
     """The runs behind a folder: its _run.json, or the sources a merge recorded."""
     folder, _ = _locate(path)
     info = RunDir(folder).read_run_info()
-    if not info:
+    if not isinstance(info, dict):
         return []
-    return list(info["runs"]) if isinstance(info.get("runs"), list) else [info]
-
-
-def _time(text: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-
-
-def _num(x: Any) -> Any:
-    """numpy/pandas scalars -> plain Python for JSON."""
-    if x is None or x is pd.NA or (isinstance(x, float) and np.isnan(x)):
-        return None
-    return x.item() if hasattr(x, "item") else x
-
-
-def _records(df: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
-    cols = [c for c in columns if c in df.columns]
-    return [{c: _num(v) for c, v in zip(cols, row)} for row in df[cols].itertuples(index=False)]
+    runs = info.get("runs")
+    if isinstance(runs, list):
+        return [RunRef.from_info(r) for r in runs if isinstance(r, dict)]
+    return [RunRef.from_info(info)]
 
 
 # -------------------------------------------------------------------------- summary
 
 
-def summarize(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+def summarize(paths: Sequence[str | os.PathLike[str]]) -> SummaryReport:
     """Counts, tokens, cost, latency percentiles, throughput, attempts, slowest and
-    failed rows over one or more output folders."""
+    failed rows over one or more output folders (summed, as for shards)."""
     if not paths:
         raise UsageError("summary needs at least one output folder")
     frames, sources, runs = [], [], []
     for p in paths:
         df = _read(p, _SUMMARY_COLUMNS, journal_ok=True)
+        refs = _run_refs(p)
         frames.append(df)
-        infos = _run_infos(p)
-        runs += infos
-        sources.append({"path": str(p), "rows": len(df), "run_ids": [i.get("run_id") for i in infos]})
+        runs += refs
+        sources.append(Source(path=str(p), rows=len(df), run_ids=tuple(r.run_id for r in refs)))
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     failed = df[df["status"] != "ok"]
-    latency = df["latency_ms"].dropna()
-    has_cost = "cost_usd" in df and df["cost_usd"].notna().any()
-    return {
-        "sources": sources,
-        "rows": len(df),
-        "status": {str(k): int(v) for k, v in df["status"].value_counts().items()},
-        "error_types": {str(k): int(v) for k, v in df["error_type"].dropna().value_counts().items()},
-        "tokens": {k: int(df[f"{k}_tokens"].sum()) for k in ("prompt", "completion", "total")},
-        "cost_usd": float(df["cost_usd"].sum()) if has_cost else None,
-        "latency_ms": {
-            "rows": len(latency),
-            **{f"p{q}": (float(latency.quantile(q / 100)) if len(latency) else None) for q in (50, 95, 99)},
-        },
-        "throughput": _throughput(df, runs),
-        "attempts": {int(k): int(v) for k, v in df["attempts"].value_counts().sort_index().items()},
-        "slowest": _records(df.nlargest(TOP, "latency_ms"),
-                            ["request_id", "file_url", "latency_ms", "attempts", "status"]),  # fmt: skip
-        "failed_rows": len(failed),
-        "failed": _records(failed.head(TOP),
-                           ["request_id", "file_url", "error_type", "http_status", "error_message"]),  # fmt: skip
-    }
+    cost = df["cost_usd"]
+    return SummaryReport(
+        sources=tuple(sources),
+        rows=len(df),
+        status={_row_status(k): n for k, n in _counts(df["status"]).items()},
+        error_types=_counts(df["error_type"]),
+        tokens=TokenTotals(*(int(df[f"{k}_tokens"].sum()) for k in _TOKEN_KINDS)),
+        cost_usd=float(cost.sum()) if cost.notna().any() else None,
+        latency_ms=_latency(df["latency_ms"]),
+        throughput=_throughput(df, runs),
+        attempts=dict(sorted((int(k), n) for k, n in _counts(df["attempts"]).items())),
+        slowest=_slowest(df),
+        failed_rows=len(failed),
+        failed=tuple(_failed_row(r) for r in failed.head(TOP).to_dict("records")),
+    )
 
 
-def _throughput(df: pd.DataFrame, runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    ids = {r.get("run_id") for r in runs}
+def _latency(s: pd.Series) -> LatencyStats:
+    lat = s.dropna()
+    if not len(lat):
+        return LatencyStats(rows=0, p50=None, p95=None, p99=None)
+    p50, p95, p99 = (_opt_float(lat.quantile(q)) for q in (0.50, 0.95, 0.99))
+    return LatencyStats(rows=len(lat), p50=p50, p95=p95, p99=p99)
+
+
+def _slowest(df: pd.DataFrame) -> tuple[SlowRow, ...]:
+    # only rows with a latency: nlargest would fill up with NaN rows (issue 16, defect 1)
+    timed = df[df["latency_ms"].notna()].nlargest(TOP, "latency_ms")
+    return tuple(
+        SlowRow(request_id=str(r["request_id"]), file_url=_opt_str(r["file_url"]),
+                latency_ms=float(r["latency_ms"]), attempts=_opt_int(r["attempts"]), status=_row_status(r["status"]))
+        for r in timed.to_dict("records")
+    )  # fmt: skip
+
+
+def _failed_row(r: Mapping[Any, Any]) -> FailedRow:
+    return FailedRow(request_id=str(r["request_id"]), file_url=_opt_str(r["file_url"]),
+                     error_type=_opt_str(r["error_type"]), http_status=_opt_int(r["http_status"]),
+                     error_message=_opt_str(r["error_message"]))  # fmt: skip
+
+
+def _throughput(df: pd.DataFrame, runs: list[RunRef]) -> Throughput | None:
+    ids = {r.run_id for r in runs}
     if not runs or None in ids:
         return None
     if len(runs) == 1:
-        elapsed = runs[0].get("elapsed_s")
+        elapsed = runs[0].elapsed_s
     else:
-        starts = [_time(r.get("started_at")) for r in runs]
-        ends = [_time(r.get("ended_at")) for r in runs]
-        if None in starts or None in ends:
+        starts = [t for r in runs if (t := _time(r.started_at))]
+        ends = [t for r in runs if (t := _time(r.ended_at))]
+        if len(starts) < len(runs) or len(ends) < len(runs):
             return None
-        elapsed = (max(ends) - min(starts)).total_seconds()  # type: ignore[type-var,operator]
+        elapsed = (max(ends) - min(starts)).total_seconds()
     if not elapsed or elapsed <= 0:
         return None
     rows = int(df["run_id"].isin(ids).sum())
-    return {"rows": rows, "elapsed_s": float(elapsed), "rows_per_s": rows / float(elapsed)}
+    return Throughput(rows=rows, elapsed_s=elapsed, rows_per_s=rows / elapsed)
 
 
-def format_summary_report(d: dict[str, Any]) -> str:
+def format_summary_report(r: SummaryReport) -> str:
     """The summary as a few readable lines (what ``docpipe summary`` prints)."""
-    where = ", ".join(s["path"] for s in d["sources"])
-    status = ", ".join(f"{n} {k}" for k, n in sorted(d["status"].items(), key=lambda kv: kv[0] != "ok"))
-    lines = [f"{d['rows']} rows in {where}: {status or 'none'}"]
-    if d["error_types"]:
-        lines.append("errors: " + ", ".join(f"{k} {n}" for k, n in sorted(d["error_types"].items())))
-    t = d["tokens"]
-    cost = f"; cost ${d['cost_usd']:.4f}" if d["cost_usd"] is not None else ""
-    lines.append(f"tokens: {t['prompt']} prompt + {t['completion']} completion = {t['total']}{cost}")
-    lat = d["latency_ms"]
-    if lat["rows"]:
-        lines.append(f"latency: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms "
-                     f"({lat['rows']} rows)")  # fmt: skip
-    if d["throughput"]:
-        tp = d["throughput"]
-        lines.append(f"throughput: {tp['rows']} rows in {tp['elapsed_s']:.1f} s = {tp['rows_per_s']:.2f} rows/s")
-    lines.append("attempts per row: " + ", ".join(f"{k} -> {n} rows" for k, n in d["attempts"].items()))
-    if d["slowest"]:
+    where = ", ".join(s.path for s in r.sources)
+    status = ", ".join(f"{n} {k}" for k, n in sorted(r.status.items(), key=lambda kv: kv[0] != "ok"))
+    lines = [f"{r.rows} rows in {where}: {status or 'none'}"]
+    if r.error_types:
+        lines.append("errors: " + ", ".join(f"{k} {n}" for k, n in sorted(r.error_types.items())))
+    t = r.tokens
+    cost = f"; cost ${r.cost_usd:.4f}" if r.cost_usd is not None else ""
+    lines.append(f"tokens: {t.prompt} prompt + {t.completion} completion = {t.total}{cost}")
+    lat = r.latency_ms
+    if lat.rows:
+        lines.append(f"latency: p50 {_na(lat.p50)} ms, p95 {_na(lat.p95)} ms, p99 {_na(lat.p99)} ms "
+                     f"({lat.rows} rows)")  # fmt: skip
+    if (tp := r.throughput) is not None:
+        lines.append(f"throughput: {tp.rows} rows in {tp.elapsed_s:.1f} s = {tp.rows_per_s:.2f} rows/s")
+    lines.append("attempts per row: " + ", ".join(f"{k} -> {n} rows" for k, n in r.attempts.items()))
+    if r.slowest:
         lines.append("slowest (ms, request_id, status, attempts, file_url):")
-        w = max(len(str(r["request_id"])) for r in d["slowest"])
-        lines += [f"  {r['latency_ms']:>9.0f}  {r['request_id']:<{w}}  {r['status']:<6}  {r['attempts']:>2}  "
-                  f"{r.get('file_url') or ''}" for r in d["slowest"]]  # fmt: skip
-    if d["failed"]:
-        lines.append(f"failed ({len(d['failed'])} of {d['failed_rows']}):")
-        lines += [f"  {r['request_id']}  {r['error_type']}"
-                  + (f" HTTP {r['http_status']}" if r.get("http_status") else "")
-                  + f"  {r.get('error_message') or ''}" for r in d["failed"]]  # fmt: skip
+        w = max(len(s.request_id) for s in r.slowest)
+        lines += [f"  {_na(s.latency_ms):>9}  {s.request_id:<{w}}  {s.status:<6}  {_na(s.attempts, 'd'):>2}  "
+                  f"{s.file_url or ''}" for s in r.slowest]  # fmt: skip
+    if r.failed:
+        lines.append(f"failed ({len(r.failed)} of {r.failed_rows}):")
+        lines += [f"  {f.request_id}  {f.error_type or 'unknown'}"
+                  + (f" HTTP {f.http_status}" if f.http_status is not None else "")
+                  + f"  {f.error_message or ''}" for f in r.failed]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -193,9 +495,9 @@ def diff(
     a: str | os.PathLike[str],
     b: str | os.PathLike[str],
     *,
-    key: str = "request_id",
+    key: DiffKey = "request_id",
     out_changed: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+) -> DiffReport:
     """What changed from run A to run B: answers, new and gone rows, tokens, cost,
     failure rate. Writes the changed rows to ``out_changed`` (Parquet) when given."""
     if key not in _DIFF_KEYS:
@@ -203,61 +505,63 @@ def diff(
     on = _DIFF_KEYS[key]
     da, db = _read(a, _DIFF_COLUMNS), _read(b, _DIFF_COLUMNS)
     # one row per key: with key=content a manifest may repeat a request
-    ka, kb = da.drop_duplicates(on, keep="last"), db.drop_duplicates(on, keep="last")
-    both = ka.merge(kb, on=on, how="outer", suffixes=("_a", "_b"), indicator=True)
+    both = da.drop_duplicates(on, keep="last").merge(db.drop_duplicates(on, keep="last"), on=on, how="outer",
+                                                    suffixes=("_a", "_b"), indicator=True)  # fmt: skip
     common = both[both["_merge"] == "both"]
+    changed = _changed_rows(common, on)
+    st = common["status_a"].astype(str) + "->" + common["status_b"].astype(str)
+    st = st[common["status_a"].to_numpy() != common["status_b"].to_numpy()]
+    only_b, only_a = both[both["_merge"] == "right_only"], both[both["_merge"] == "left_only"]
+    changed_file = None
+    if out_changed is not None:
+        target = Path(out_changed)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(changed, preserve_index=False)
+        atomic_write_table(target, [table], table.schema)
+        changed_file = str(target)
+    return DiffReport(
+        a=str(a), b=str(b), key=tuple(on), rows_a=len(da), rows_b=len(db), common=len(common),
+        changed=len(changed), unchanged=len(common) - len(changed), new=len(only_b), gone=len(only_a),
+        status_changes=_counts(st),
+        tokens=TokenDeltas(*(_count_delta(da, db, f"{k}_tokens") for k in _TOKEN_KINDS)),
+        cost_usd=_value_delta(_cost(da), _cost(db)),
+        failure_rate=_value_delta(_failure_rate(da), _failure_rate(db)),
+        examples=tuple(ChangedAnswer(*(_opt_str(r[c]) for c in ("request_id", "question", "answer_a", "answer_b")))
+                       for r in changed.head(5).to_dict("records")),
+        new_ids=tuple(_opt_str(x) for x in only_b[_side("request_id", on, "b")].head(TOP)),
+        gone_ids=tuple(_opt_str(x) for x in only_a[_side("request_id", on, "a")].head(TOP)),
+        changed_file=changed_file,
+    )  # fmt: skip
+
+
+def _side(name: str, on: list[str], side: str) -> str:
+    """A column of the joined frame: key columns are shared, others carry a suffix."""
+    return name if name in on else f"{name}_{side}"
+
+
+def _changed_rows(common: pd.DataFrame, on: list[str]) -> pd.DataFrame:
+    """The paired rows whose answers differ (two missing answers are the same)."""
     ans_a, ans_b = common["answer_a"], common["answer_b"]
     same = (ans_a == ans_b).fillna(False).astype(bool) | (ans_a.isna() & ans_b.isna())
     changed = common[~same.to_numpy()]
-
-    def col(name: str, side: str = "b") -> str:
-        """A column of the joined frame: key columns are shared, others carry a suffix."""
-        return name if name in on else f"{name}_{side}"
-
-    changed_rows = pd.DataFrame({
-        "request_id": changed[col("request_id")].astype("string"),
-        "file_url": changed[col("file_url")].astype("string"),
-        "question": changed[col("question")].astype("string"),
+    return pd.DataFrame({
+        "request_id": changed[_side("request_id", on, "b")].astype("string"),
+        "file_url": changed[_side("file_url", on, "b")].astype("string"),
+        "question": changed[_side("question", on, "b")].astype("string"),
         "answer_a": changed["answer_a"].astype("string"),
         "answer_b": changed["answer_b"].astype("string"),
         "status_a": changed["status_a"].astype("string"),
         "status_b": changed["status_b"].astype("string"),
     })  # fmt: skip
-    st = common["status_a"].astype(str) + "->" + common["status_b"].astype(str)
-    st = st[common["status_a"].to_numpy() != common["status_b"].to_numpy()]
-    only_b, only_a = both[both["_merge"] == "right_only"], both[both["_merge"] == "left_only"]
-    result: dict[str, Any] = {
-        "a": str(a),
-        "b": str(b),
-        "key": on,
-        "rows_a": len(da),
-        "rows_b": len(db),
-        "common": len(common),
-        "changed": len(changed_rows),
-        "unchanged": len(common) - len(changed_rows),
-        "new": len(only_b),
-        "gone": len(only_a),
-        "status_changes": {str(k): int(v) for k, v in st.value_counts().items()},
-        "tokens": {k: _delta(int(da[c].sum()), int(db[c].sum())) for k, c in
-                   (("prompt", "prompt_tokens"), ("completion", "completion_tokens"), ("total", "total_tokens"))},
-        "cost_usd": _delta(_cost(da), _cost(db)),
-        "failure_rate": _delta(_failure_rate(da), _failure_rate(db)),
-        "examples": _records(changed_rows.head(5), ["request_id", "question", "answer_a", "answer_b"]),
-        "new_ids": [_num(x) for x in only_b[col("request_id", "b")].head(TOP)],
-        "gone_ids": [_num(x) for x in only_a[col("request_id", "a")].head(TOP)],
-        "changed_file": None,
-    }  # fmt: skip
-    if out_changed is not None:
-        target = Path(out_changed)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pandas(changed_rows, preserve_index=False)
-        atomic_write_table(target, [table], table.schema)
-        result["changed_file"] = str(target)
-    return result
 
 
-def _delta(a: float | int | None, b: float | int | None) -> dict[str, Any]:
-    return {"a": a, "b": b, "delta": None if a is None or b is None else b - a}
+def _count_delta(da: pd.DataFrame, db: pd.DataFrame, column: str) -> CountDelta:
+    a, b = int(da[column].sum()), int(db[column].sum())
+    return CountDelta(a=a, b=b, delta=b - a)
+
+
+def _value_delta(a: float | None, b: float | None) -> ValueDelta:
+    return ValueDelta(a=a, b=b, delta=None if a is None or b is None else b - a)
 
 
 def _cost(df: pd.DataFrame) -> float | None:
@@ -268,31 +572,34 @@ def _failure_rate(df: pd.DataFrame) -> float | None:
     return float((df["status"] != "ok").mean()) if len(df) else None
 
 
-def format_diff(d: dict[str, Any]) -> str:
-    def fmt(x: Any, pct: bool = False, money: bool = False) -> str:
-        if x is None:
-            return "n/a"
-        return f"{x:.2%}" if pct else f"${x:.4f}" if money else f"{x}"
+def _fmt(x: float | None, pct: bool = False, money: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.2%}" if pct else f"${x:.4f}" if money else f"{x}"
 
-    def signed(x: Any, pct: bool = False, money: bool = False) -> str:
-        if x is None:
-            return "n/a"
-        return ("+" if x >= 0 else "-") + fmt(abs(x), pct, money)
 
-    t, c, f = d["tokens"]["total"], d["cost_usd"], d["failure_rate"]
+def _signed(x: float | None, pct: bool = False, money: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return ("+" if x >= 0 else "-") + _fmt(abs(x), pct, money)
+
+
+def format_diff(d: DiffReport) -> str:
+    """The comparison as a few readable lines (what ``docpipe diff`` prints)."""
+    t, c, f = d.tokens.total, d.cost_usd, d.failure_rate
     lines = [
-        f"A: {d['a']} ({d['rows_a']} rows)   B: {d['b']} ({d['rows_b']} rows), paired by {' + '.join(d['key'])}",
-        f"answers: {d['changed']} changed, {d['unchanged']} unchanged; {d['new']} new in B, {d['gone']} gone from A",
-        f"tokens: {t['a']} -> {t['b']} ({signed(t['delta'])})",
-        f"cost: {fmt(c['a'], money=True)} -> {fmt(c['b'], money=True)} ({signed(c['delta'], money=True)})",
-        f"failure rate: {fmt(f['a'], pct=True)} -> {fmt(f['b'], pct=True)} ({signed(f['delta'], pct=True)})",
+        f"A: {d.a} ({d.rows_a} rows)   B: {d.b} ({d.rows_b} rows), paired by {' + '.join(d.key)}",
+        f"answers: {d.changed} changed, {d.unchanged} unchanged; {d.new} new in B, {d.gone} gone from A",
+        f"tokens: {t.a} -> {t.b} ({_signed(t.delta)})",
+        f"cost: {_fmt(c.a, money=True)} -> {_fmt(c.b, money=True)} ({_signed(c.delta, money=True)})",
+        f"failure rate: {_fmt(f.a, pct=True)} -> {_fmt(f.b, pct=True)} ({_signed(f.delta, pct=True)})",
     ]
-    if d["status_changes"]:
-        lines.append("status changes: " + ", ".join(f"{k} {n}" for k, n in sorted(d["status_changes"].items())))
-    for e in d["examples"]:
-        lines.append(f"  {e['request_id']}: {_clip(e['answer_a'])!r} -> {_clip(e['answer_b'])!r}")
-    if d["changed_file"]:
-        lines.append(f"changed rows written to {d['changed_file']}")
+    if d.status_changes:
+        lines.append("status changes: " + ", ".join(f"{k} {n}" for k, n in sorted(d.status_changes.items())))
+    for e in d.examples:
+        lines.append(f"  {e.request_id}: {_clip(e.answer_a)!r} -> {_clip(e.answer_b)!r}")
+    if d.changed_file:
+        lines.append(f"changed rows written to {d.changed_file}")
     return "\n".join(lines)
 
 
@@ -303,7 +610,7 @@ def _clip(text: str | None, n: int = 60) -> str | None:
 # -------------------------------------------------------------------------- merge
 
 
-def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
+def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> MergeReport:
     """Concatenate several folders' results into ``out/results.parquet``, one row per
     request_id (its latest outcome), and record the source runs in ``out/_run.json``."""
     if len(paths) < 1:
@@ -326,29 +633,30 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) 
     keep = _winners(files)
     target.mkdir(parents=True, exist_ok=True)
     rows = atomic_write_table(target / RESULTS_FILE, _kept_batches(files, keep, schema), schema)
-    runs = [r for p in paths for r in _run_infos(p)]
-    info = {
-        "kind": "merge",
-        "merged_from": [str(p) for p in paths],
-        "rows": rows,
-        "duplicates_dropped": sum(len(k) for k in keep) - rows,
-        "written_at": datetime.now().astimezone().isoformat(),
-        "runs": [{k: r.get(k) for k in ("run_id", "started_at", "ended_at", "elapsed_s", "ended", "out")}
-                 for r in runs],  # fmt: skip
-    }
-    RunDir(target).write_run_info(info)
-    return {"out": str(target / RESULTS_FILE), "rows": rows, "duplicates_dropped": info["duplicates_dropped"],
-            "sources": [{"path": str(p), "rows": len(k)} for p, k in zip(paths, keep)]}  # fmt: skip
+    dropped = sum(len(k) for k in keep) - rows
+    info = MergeInfo(kind="merge", merged_from=tuple(str(p) for p in paths), rows=rows, duplicates_dropped=dropped,
+                     written_at=datetime.now().astimezone().isoformat(),
+                     runs=tuple(r for p in paths for r in _run_refs(p)))  # fmt: skip
+    RunDir(target).write_run_info(info.to_dict())
+    sources = tuple(MergeSource(path=str(p), rows=len(k)) for p, k in zip(paths, keep, strict=True))
+    return MergeReport(out=str(target / RESULTS_FILE), rows=rows, duplicates_dropped=dropped, sources=sources)
+
+
+def format_merge(m: MergeReport) -> str:
+    """One line: rows, folders, where (what ``docpipe merge`` prints)."""
+    dropped = f" ({m.duplicates_dropped} older duplicates dropped)" if m.duplicates_dropped else ""
+    return f"{m.rows} rows from {len(m.sources)} folders -> {m.out}{dropped}"
 
 
 def _winners(files: list[Path]) -> list[np.ndarray]:
     """Per file, a mask of the rows that hold the latest outcome of their request_id."""
     ids, times, owner = [], [], []
+    never = pa.scalar(np.iinfo(np.int64).min, pa.int64())  # a missing time loses to any time
     for i, f in enumerate(files):
         t = pq.read_table(f, columns=["request_id", "completed_at"])
         ids.append(t["request_id"].combine_chunks().cast(pa.string()))
-        stamps = pc.fill_null(t["completed_at"].cast(pa.int64()), np.iinfo(np.int64).min)
-        times.append(stamps.to_numpy())
+        stamps: pa.ChunkedArray[Any] = t["completed_at"].cast(pa.int64())
+        times.append(stamps.fill_null(never).to_numpy())
         owner.append(np.full(t.num_rows, i, dtype=np.int64))
     sizes = [len(x) for x in ids]
     if not sum(sizes):
@@ -366,7 +674,7 @@ def _winners(files: list[Path]) -> list[np.ndarray]:
 
 
 def _kept_batches(files: list[Path], keep: list[np.ndarray], schema: pa.Schema) -> Iterator[pa.Table]:
-    for f, mask in zip(files, keep):
+    for f, mask in zip(files, keep, strict=True):
         offset = 0
         for batch in pq.ParquetFile(f).iter_batches(batch_size=65536):
             part = mask[offset : offset + batch.num_rows]
@@ -387,8 +695,3 @@ def _conform(table: pa.Table, schema: pa.Schema, source: Path) -> pa.Table:
         else:
             arrays.append(pa.nulls(table.num_rows, fld.type))
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def dumps(d: dict[str, Any]) -> str:
-    """JSON for ``--json``: readable, non-ASCII kept (answers may be Chinese)."""
-    return json.dumps(d, indent=2, ensure_ascii=False, default=str)

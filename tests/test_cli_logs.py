@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from .conftest import TEST_KEY, cli, make_rows, write_csv
 
 
-def test_progress_line_appears_at_the_configured_interval(tmp_path: Path, sim) -> None:
-    server = sim(latency_s=0.25)
+def progress_figures(line: str) -> dict[str, str]:
+    """``progress rows=3/48 ok=3 ...`` -> {"rows": "3/48", "ok": "3", ...}"""
+    return dict(field.split("=", 1) for field in line.split()[1:])
+
+
+def test_progress_lines_count_up_and_end_on_the_run_figures(tmp_path: Path, sim) -> None:
+    """Counts and order only: how many lines a second gives depends on the machine."""
+    server = sim(latency_s=0.25, latency_jitter=0.0)
     manifest = write_csv(tmp_path / "m.csv", make_rows(48))
     out = tmp_path / "out"
-    proc = cli("run", str(manifest), "--out", str(out), "--base-url", server.url,
-               "--api-key", TEST_KEY, "--concurrency", "4", "--progress", "log", "--progress-interval", "0.5")  # fmt: skip
+    proc = cli("run", str(manifest), "--out", str(out), "--base-url", server.url, "--api-key", TEST_KEY,
+               "--concurrency", "4", "--progress", "log", "--progress-interval", "0.1")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("progress ")]
-    # one line per 0.5 s of the run (~3 s of work), plus the closing line
-    elapsed = json.loads((out / "_run.json").read_text())["elapsed_s"]
-    assert elapsed / 0.5 - 2 <= len(lines) <= elapsed / 0.5 + 2 and len(lines) >= 4, (elapsed, lines)
-    done = [int(re.search(r"rows=(\d+)/48", line).group(1)) for line in lines]
-    assert done == sorted(done) and done[-1] == 48
     assert all("in_flight=" in line and "eta=" in line and "tokens=" in line for line in lines)
+    figures = [progress_figures(line) for line in lines]
+    # 48 rows, 4 at a time, 0.25 s each: at least 3 s of answers, at least 30 intervals;
+    # a loaded machine may skip ticks, so ask for a few periodic lines plus the closing one
+    assert len(figures) >= 4, lines
+    for key in ("ok", "failed", "requests", "tokens"):
+        values = [int(f[key]) for f in figures]
+        assert values == sorted(values), (key, values)
+    done = [int(f["rows"].split("/")[0]) for f in figures]
+    assert done == sorted(done) and done[0] < 48 and {f["rows"].split("/")[1] for f in figures} == {"48"}
+
+    info = json.loads((out / "_run.json").read_text())
+    last = figures[-1]
+    assert last["rows"] == "48/48" and last["in_flight"] == "0"
+    assert (int(last["ok"]), int(last["failed"]), int(last["requests"]), int(last["tokens"])) == (
+        info["ok"], info["failed"], info["requests"], info["total_tokens"])  # fmt: skip
 
 
 def test_json_logs_name_the_row_and_gateway_ids_never_the_key(tmp_path: Path, sim) -> None:
@@ -30,8 +45,8 @@ def test_json_logs_name_the_row_and_gateway_ids_never_the_key(tmp_path: Path, si
     rows = make_rows(4)
     rows[1]["question"] += " [[sim:fault=500]]"
     manifest = write_csv(tmp_path / "m.csv", rows)
-    proc = cli("run", str(manifest), "--out", str(tmp_path / "out"), "--base-url", server.url,
-               "--log-format", "json", "--log-level", "debug", "--quiet", env={"APICORE_API_KEY": TEST_KEY})  # fmt: skip
+    proc = cli("run", str(manifest), "--out", str(tmp_path / "out"), "--base-url", server.url, "--log-format", "json",
+               "--log-level", "debug", "--quiet", env={"APICORE_API_KEY": TEST_KEY})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     retries = [r for r in records if r.get("retry") is True]

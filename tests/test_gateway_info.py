@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
 from aiohttp import web
+
+from pipeline.config import load_config
+from pipeline.gateway_info import Model, ModelList, Quota, TokenQuota, format_quota, models, quota
 
 from .conftest import TEST_KEY, cli
 
@@ -38,6 +41,33 @@ def test_quota_shows_limit_usage_and_new_api_token_quota_in_usd(sim) -> None:
     text = cli("quota", "--base-url", server.url, "--api-key", TEST_KEY, timeout=15)
     assert text.returncode == 0
     assert "limit $50.00, used $12.25, remaining $37.75" in text.stdout
+
+
+def test_models_and_quota_are_typed_records_whose_json_the_cli_prints(sim) -> None:
+    server = sim(hard_limit_usd=50.0, used_usd=12.25, models=("o3-mini", "gpt-4o-all"))
+    cfg = load_config(base_url=server.url, api_key=TEST_KEY, timeout=15)
+
+    listed = models(cfg)
+    assert isinstance(listed, ModelList)
+    assert [m.id for m in listed.models] == ["gpt-4o-all", "o3-mini"]
+    assert all(isinstance(m, Model) for m in listed.models)
+    r = cli("models", "--base-url", server.url, "--api-key", TEST_KEY, "--json", timeout=15)
+    assert json.loads(r.stdout) == listed.to_dict()
+
+    found = quota(cfg)
+    assert isinstance(found, Quota) and isinstance(found.token, TokenQuota)
+    assert (found.remaining_usd, found.token.available_usd, found.unavailable) == (37.75, 37.75, ())
+    r = cli("quota", "--base-url", server.url, "--api-key", TEST_KEY, "--json", timeout=15)
+    assert json.loads(r.stdout) == found.to_dict()
+
+
+def test_quota_text_copes_with_missing_figures() -> None:
+    token = TokenQuota(name=None, granted_usd=None, used_usd=None, available_usd=None, unlimited=False,
+                       expires_at=None)  # fmt: skip
+    q = Quota(base_url="http://gw/v1", hard_limit_usd=None, used_usd=2.5, remaining_usd=None, token=token,
+              unavailable=("/dashboard/billing/subscription: HTTP 404",))  # fmt: skip
+    assert format_quota(q).splitlines() == ["gateway: http://gw/v1", "limit unknown, used $2.50, remaining unknown",
+                                            "token: granted unknown, used unknown, available unknown"]  # fmt: skip
 
 
 def test_key_from_the_environment_is_used(sim) -> None:
