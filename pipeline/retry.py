@@ -106,16 +106,20 @@ def retrying(
     retry: Callable[[BaseException], bool],
     stop_now: Callable[[], bool],
     sleep: Callable[[float], Awaitable[None]] | None = None,
+    attempts_before: int = 0,
 ) -> AsyncRetrying:
     """A fresh tenacity controller for one row's retries (never share one across tasks).
 
     ``exhausted`` is the caller's attempt count check: rate-limited attempts were
-    not processed by the gateway (nor billed), so the runner counts them apart."""
+    not processed by the gateway (nor billed), so the runner counts them apart.
+    ``attempts_before`` is how many attempts (and waits) the caller made itself
+    before handing the row to tenacity."""
 
     def wait(state: RetryCallState) -> float:
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
-        return wait_for(error, state.attempt_number, initial, maximum)
+        # attempts made before tenacity took over count toward the back-off's growth
+        return wait_for(error, state.attempt_number + attempts_before, initial, maximum)
 
     def stop(state: RetryCallState) -> bool:
         # tenacity computes the upcoming sleep before asking stop: a wait that would

@@ -22,7 +22,6 @@ failed), so the next run sends it.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import dataclass
 
@@ -41,7 +40,7 @@ from .errors import (
 )
 from .limits import Pacer
 from .records import Completion, Failure, Outcome, Row, make_outcome
-from .retry import retrying, should_retry
+from .retry import retrying, should_retry, wait_for
 from .runrecord import RunRecord
 from .tokens import estimate_prompt
 
@@ -123,19 +122,28 @@ class RowSender:
     async def _answer(self, row: Row, tries: _Attempts) -> Completion:
         """The first attempt plainly; tenacity only once it failed with something retryable."""
         estimate = estimate_prompt(row.content, self.cfg.system)
+        deadline = time.monotonic() + self.cfg.row_budget
         try:
             return await self._attempt(row, tries, estimate)
         except (RetryableError, UnreadableDocument) as first:
             if self.cfg.max_attempts <= 1 or not self._retry_on(row, tries, first):
                 raise
+            # tenacity's first try is immediate, so the wait after the plain first attempt is ours
+            wait = wait_for(first, 1, self.cfg.backoff_initial, self.cfg.backoff_max)
+            if time.monotonic() + wait > deadline:
+                raise
+            await self.stop.sleep(wait)
+            if self.stop.is_set:
+                raise
         controller = retrying(
             exhausted=tries.exhausted,
-            deadline=time.monotonic() + self.cfg.row_budget,
+            deadline=deadline,
             initial=self.cfg.backoff_initial,
             maximum=self.cfg.backoff_max,
             retry=lambda e: self._retry_on(row, tries, e),
             stop_now=lambda: self.stop.is_set,
             sleep=self.stop.sleep,
+            attempts_before=1,
         )
         async for try_ in controller:
             with try_:
@@ -213,7 +221,7 @@ class RowSender:
         hold = self.pacer.failed(rate_limited=isinstance(e, RateLimited), retry_after=e.retry_after)
         if hold:
             # an over-limit slot would otherwise churn out one instant 429 after another
-            await self.stop.sleep(random.uniform(0.5, 1.0) * hold)
+            await self.stop.sleep(hold)
         if isinstance(e, RunFatalError):
             self._abort(e)
             return
