@@ -43,11 +43,13 @@ from .errors import (
     UnreadableDocument,
     UsageError,
 )
+from .journal import JournalWriter
 from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .records import Completion, Outcome, Row, RunSummary, Snapshot
-from .results import JournalWriter, RunDir, atomic_write_bytes
 from .retry import retrying, should_retry
+from .rundir import RunDir
+from .storage import atomic_write_bytes
 from .tokens import estimate_prompt
 
 log = logging.getLogger("docpipe")

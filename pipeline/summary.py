@@ -33,7 +33,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import UsageError
-from .results import JOURNAL_DIR, RESULTS_FILE, RunDir, atomic_write_table, pandas_metadata
+from .rundir import RunDir
+from .schema import pandas_metadata
+from .storage import JOURNAL_DIR, RESULTS_FILE, atomic_write_table
 
 TOP = 10
 _SUMMARY_COLUMNS = ["request_id", "file_url", "status", "error_type", "error_message", "http_status",
