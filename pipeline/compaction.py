@@ -23,9 +23,10 @@ the same latest outcome.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,15 +34,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .idset import IdIndex, hash_ids
-from .results import (
-    JOURNAL_SCHEMA,
-    OUTCOME_COLUMNS,
-    ROW_GROUP_ROWS,
-    RunDir,
-    atomic_write_table,
-    latest_per_id,
-    output_schema,
-)
+from .journal import latest_per_id
+from .rundir import RunDir
+from .schema import JOURNAL_SCHEMA, OUTCOME_COLUMNS, output_schema
+from .storage import ROW_GROUP_ROWS, atomic_write_table
 
 CHUNK_ROWS = 16384
 
@@ -72,7 +68,7 @@ def _schema(manifest: Any) -> pa.Schema:
     cols = manifest.columns
     return output_schema([
         pa.field(out, manifest.schema.field(src).type if manifest.format == "parquet" else pa.string())
-        for src, out in zip(cols.passthrough, cols.output_names)
+        for src, out in zip(cols.passthrough, cols.output_names, strict=True)
     ])  # fmt: skip
 
 
@@ -92,9 +88,9 @@ def _spill(run_dir: RunDir, index: IdIndex, spill: Path, chunk_rows: int) -> Non
                     writers[int(k)] = (sink, pa.ipc.new_stream(sink, JOURNAL_SCHEMA))
                 writers[int(k)][1].write_batch(part)
     finally:
-        for sink, writer in writers.values():
-            writer.close()
-            sink.close()
+        for file, stream in writers.values():
+            stream.close()
+            file.close()
 
 
 def _latest_of(path: Path) -> pa.Table | None:
@@ -105,9 +101,9 @@ def _latest_of(path: Path) -> pa.Table | None:
         return latest_per_id(pa.ipc.open_stream(source).read_all())
 
 
-def _chunks(manifest: Any, chunk_rows: int) -> Iterator[tuple[int, pa.Table, pa.Array]]:
+def _chunks(manifest: Any, chunk_rows: int) -> Iterator[tuple[int, pa.Table, pa.Array[Any]]]:
     """The manifest in scope, re-cut into chunks of exactly ``chunk_rows`` rows."""
-    pending: list[tuple[pa.RecordBatch, pa.Array]] = []
+    pending: list[tuple[pa.RecordBatch, pa.Array[Any]]] = []
     size = 0
     k = 0
     for batch, ids, _c in manifest.views():
@@ -123,7 +119,7 @@ def _chunks(manifest: Any, chunk_rows: int) -> Iterator[tuple[int, pa.Table, pa.
         yield k, *_concat(pending)
 
 
-def _concat(pending: list[tuple[pa.RecordBatch, pa.Array]]) -> tuple[pa.Table, pa.Array]:
+def _concat(pending: list[tuple[pa.RecordBatch, pa.Array[Any]]]) -> tuple[pa.Table, pa.Array[Any]]:
     table = pa.Table.from_batches([b for b, _ in pending])
     ids = pa.chunked_array([i for _, i in pending], pa.string()).combine_chunks()
     return table, ids
@@ -141,20 +137,20 @@ def _joined(
         yield join(table, ids, outcomes, manifest.columns, schema)
 
 
-def join(table: pa.Table, ids: pa.Array, outcomes: pa.Table, cols: Any, schema: pa.Schema) -> pa.Table:
+def join(table: pa.Table, ids: pa.Array[Any], outcomes: pa.Table, cols: Any, schema: pa.Schema) -> pa.Table:
     """Manifest rows that have an outcome, with its columns, in manifest order."""
     where = pc.index_in(ids, value_set=outcomes["request_id"].combine_chunks())
     has = pc.is_valid(where)
     table, ids, where = table.filter(has), ids.filter(has), where.filter(has)
     taken = outcomes.select(OUTCOME_COLUMNS).take(where)
-    arrays = [ids, _text(table[cols.file_url]), _text(table[cols.question])]
-    for src, name in zip(cols.passthrough, cols.output_names):
+    arrays: list[pa.Array[Any] | pa.ChunkedArray[Any]] = [ids, _text(table[cols.file_url]), _text(table[cols.question])]
+    for src, name in zip(cols.passthrough, cols.output_names, strict=True):
         arrays.append(table[src].cast(schema.field(name).type))
     arrays += [taken[n] for n in OUTCOME_COLUMNS]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+def _text(col: pa.ChunkedArray[Any]) -> pa.ChunkedArray[Any]:
     return col if pa.types.is_string(col.type) else col.cast(pa.string())
 
 

@@ -10,13 +10,14 @@ accepted here, and the compaction join still compares the ids themselves.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 
-def hash_ids(ids: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+def hash_ids(ids: Sequence[str | None] | pa.Array[Any] | pa.ChunkedArray[Any]) -> np.ndarray:
     values = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
     return np.fromiter(map(hash, values), dtype=np.int64, count=len(values))
 
@@ -30,7 +31,7 @@ class IdIndex:
         self.size = len(hashes)
 
     @classmethod
-    def of(cls, chunks: Iterable[np.ndarray]) -> "IdIndex":
+    def of(cls, chunks: Iterable[np.ndarray]) -> IdIndex:
         parts = list(chunks)
         return cls(np.concatenate(parts) if parts else np.empty(0, dtype=np.int64))
 

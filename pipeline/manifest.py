@@ -35,19 +35,14 @@ from .config import DEFAULT_TEMPLATE, JobConfig
 from .errors import ManifestError
 from .idset import IdIndex, hash_ids
 from .records import Row
+from .schema import RESERVED_NAMES
 
 URL_ALIASES = ("file_url", "url", "file")
 QUESTION_ALIASES = ("question", "prompt")
 ID_ALIASES = ("id",)
 
-#: Output columns a passthrough column must not shadow (see results.RESULT_FIELDS).
-RESERVED = {
-    "request_id", "file_url", "question", "model", "response_model", "answer",
-    "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
-    "usage_estimated", "status", "error_type", "error_message", "http_status",
-    "attempts", "latency_ms", "started_at", "completed_at", "response_id",
-    "gateway_request_id", "run_id", "cost_usd",
-}  # fmt: skip
+#: Output columns a passthrough column must not shadow.
+RESERVED = RESERVED_NAMES
 
 _CSV_BLOCK = 1 << 20
 

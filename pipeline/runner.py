@@ -36,15 +36,17 @@ from .compaction import compact
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
+from .journal import JournalWriter
 from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .memory import release_memory
 from .pool import Pool
 from .records import Outcome, RunSummary
 from .report import ProgressDisplay
-from .results import JournalWriter, RunDir, atomic_write_bytes
+from .rundir import RunDir
 from .runrecord import Counts, RunRecord, results_counts
 from .sender import RowSender
+from .storage import atomic_write_bytes
 
 log = logging.getLogger("docpipe")
 COMPACTED_MARK = ".compacted.json"  # what results.parquet was last built from

@@ -1,7 +1,7 @@
 """Reading finished output folders: ``summary``, ``diff`` and ``merge``.
 
 An output folder is ``OUT/results.parquet`` plus ``OUT/_run.json`` (see
-:mod:`pipeline.results`). Every function here accepts the folder or the
+:mod:`pipeline.rundir`). Every function here accepts the folder or the
 results file itself, and returns a frozen record (:class:`SummaryReport`,
 :class:`DiffReport`, :class:`MergeReport`) whose ``to_dict()`` is what ``--json``
 prints; ``format_*`` turn the same records into text.
@@ -44,7 +44,9 @@ import pyarrow.parquet as pq
 
 from .errors import UsageError
 from .report import JsonRecord, dumps
-from .results import JOURNAL_DIR, RESULTS_FILE, RunDir, atomic_write_table, pandas_metadata
+from .rundir import RunDir
+from .schema import pandas_metadata
+from .storage import JOURNAL_DIR, RESULTS_FILE, atomic_write_table
 
 __all__ = [
     "ChangedAnswer", "CountDelta", "DiffReport", "FailedRow", "LatencyStats", "MergeReport", "MergeSource",

@@ -35,7 +35,7 @@ import numpy as np
 from .config import JobConfig
 from .idset import IdIndex, hash_ids
 from .manifest import Manifest
-from .results import RunDir
+from .rundir import RunDir
 from .tokens import estimate_prompt
 
 EXAMPLES = 20  # bad rows / URL problems listed in full; counts are always complete

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from pipeline import run
 from pipeline.compaction import compact
 from pipeline.manifest import Manifest
-from pipeline.results import RunDir
+from pipeline.rundir import RunDir
 
 from .conftest import fast_config, make_rows, write_csv
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import run
 from pipeline.report import dumps
-from pipeline.results import JOURNAL_SCHEMA, OUTCOME_COLUMNS
+from pipeline.schema import JOURNAL_SCHEMA, OUTCOME_COLUMNS
 from pipeline.simulator import answer_for
 from pipeline.summary import (
     DiffReport,
