@@ -63,7 +63,7 @@ def test_job_file_and_an_overriding_flag_shape_every_request_body(tmp_path: Path
 
     bodies = sorted(server.bodies(), key=lambda b: b["messages"][-1]["content"])
     assert len(bodies) == 3
-    for body, row in zip(bodies, ROWS):
+    for body, row in zip(bodies, ROWS, strict=True):
         assert body["model"] == "gpt-4o-mini"
         assert body["temperature"] == 0.9  # the flag wins over the job's 0.2
         assert body["max_tokens"] == 300  # the job's value stays
@@ -127,7 +127,7 @@ def test_every_command_documents_an_example() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for name in names
     }
     undocumented = []
