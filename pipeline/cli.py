@@ -148,10 +148,7 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--retry-failed", is_flag=True, default=None, help="Also re-send rows that failed before."),
         click.option("--limit", metavar="N", help="Only the first N manifest rows."),
         click.option("--shard", metavar="K/N", help="Take the K-th of N deterministic parts of the manifest."),
-        click.option(
-            "--deadline", metavar="HH:MM",
-            help="Stop dispatching at this local time (24 h); exit 3, resumable.",
-        ),
+        click.option("--deadline", metavar="HH:MM", help="Stop dispatching at this local time (24 h); exit 3."),
         click.option(
             "--max-runtime", metavar="DURATION",
             help="Stop dispatching after this long (7h, 90m, 1h30m, 3600); exit 3.",
@@ -163,10 +160,7 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="How long in-flight requests get after a stop [default: 30 s].",
         ),
         click.option("--progress", type=click.Choice(PROGRESS_MODES), help="Progress display."),
-        click.option(
-            "--progress-interval", metavar="DURATION",
-            help="Between progress log lines [default: 30 s].",
-        ),
+        click.option("--progress-interval", metavar="DURATION", help="Between progress log lines [default: 30 s]."),
         click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
     ]
     for option in reversed(options):
