@@ -1,11 +1,23 @@
-"""Cost and token budgets: an estimate before dispatch, a guard during the run.
+"""Token and cost estimates, and the budget guard that uses them during a run.
 
-The estimate is a *lower* bound for ``gpt-4o-all``: the gateway bills the tokens
-of the fetched file, which no client can count. Completion tokens are estimated
-as ``max_tokens`` when it is set, else :data:`DEFAULT_COMPLETION_ESTIMATE`.
-During the run the guard reserves, for every request in flight, the mean of
-what answered requests really cost (the prompt-only lower bound until the first
-answer), so a run stops within one concurrency's worth of requests of the budget.
+One estimator serves ``docpipe validate``, the budget check before a run starts,
+the guard during the run and the TPM limiter, so they all give the same figures
+for the same manifest:
+
+- prompt tokens of one request: :func:`prompt_estimate` (our text only, see
+  :mod:`pipeline.tokens`: ``gpt-4o-all`` also bills the fetched file, which no
+  client can count, so this is a lower bound);
+- completion tokens of one request: :func:`completion_estimate`, ``max_tokens``
+  when set, else :data:`DEFAULT_COMPLETION_ESTIMATE`;
+- many requests: :meth:`Estimate.of`, whose ``min_cost_usd`` (prompts and fees,
+  no answers) is a floor and ``cost_usd`` the figure with the completion estimate.
+  ``validate`` reports both; the start check refuses only when the floor is past
+  the budget.
+
+During the run :class:`BudgetGuard` reserves, for every request in flight, the
+mean of what answered requests really cost (the prompt-only lower bound until the
+first answer), so a run stops within one concurrency's worth of requests of the
+budget.
 """
 
 from __future__ import annotations
@@ -16,42 +28,65 @@ from typing import Any
 from .config import JobConfig
 from .tokens import estimate_prompt
 
+#: Completion tokens a request is expected to take when ``max_tokens`` is not set.
 DEFAULT_COMPLETION_ESTIMATE = 500
 _LEARN_AFTER = 1
 
 
+def completion_estimate(cfg: JobConfig) -> int:
+    """Completion tokens one request is expected to take: ``max_tokens`` or the default."""
+    return int(cfg.params.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE)
+
+
+def prompt_estimate(content: str, cfg: JobConfig) -> int:
+    """Prompt tokens of one request with user message ``content`` as ``cfg`` sends it."""
+    return estimate_prompt(content, cfg.system)
+
+
+def request_estimate(content: str, cfg: JobConfig) -> int:
+    """Total tokens one request is expected to take: what the TPM limiter reserves."""
+    return prompt_estimate(content, cfg) + completion_estimate(cfg)
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """What the rows still to send are expected to take."""
+    """What a set of rows is expected to take."""
 
     rows: int
     requests: int  # rows that will be sent (valid ones)
     prompt_tokens: int
-    completion_tokens: int  # max_tokens (or the default) per request: an upper guess
-    cost_usd: float | None  # prompt + completion estimate
+    completion_tokens: int  # completion_estimate per request: max_tokens, or a guess
+    cost_usd: float | None  # prompt + completion estimate; None without prices
     min_cost_usd: float | None  # prompt tokens and per-request fees only: a lower bound
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-
-def completion_estimate(cfg: JobConfig) -> int:
-    return int(cfg.params.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE)
+    @classmethod
+    def of(cls, cfg: JobConfig, *, rows: int, requests: int, prompt_tokens: int) -> Estimate:
+        """The estimate for ``requests`` requests whose prompts add up to ``prompt_tokens``."""
+        completion = requests * completion_estimate(cfg)
+        return cls(
+            rows=rows,
+            requests=requests,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            cost_usd=cfg.cost(prompt_tokens, completion, requests=requests),
+            min_cost_usd=cfg.cost(prompt_tokens, 0, requests=requests),
+        )
 
 
 def estimate_rows(manifest: Any, skip: Any, cfg: JobConfig) -> Estimate:
-    """Estimate the rows of ``manifest`` not in ``skip`` (a request_id array)."""
+    """Estimate the rows of ``manifest`` not in ``skip`` (an IdIndex of request ids, or None)."""
     rows = requests = prompt = 0
     for batch in manifest.rows(skip):
         for row in batch:
             rows += 1
             if row.invalid is None:
                 requests += 1
-                prompt += estimate_prompt(row.content, cfg.system)
-    completion = requests * completion_estimate(cfg)
-    return Estimate(rows, requests, prompt, completion, cfg.cost(prompt, completion, requests=requests),
-                    cfg.cost(prompt, 0, requests=requests))  # fmt: skip
+                prompt += prompt_estimate(row.content, cfg)
+    return Estimate.of(cfg, rows=rows, requests=requests, prompt_tokens=prompt)
 
 
 def check_before_start(estimate: Estimate, cfg: JobConfig) -> str | None:
@@ -61,12 +96,16 @@ def check_before_start(estimate: Estimate, cfg: JobConfig) -> str | None:
     fees, no answers) already past the budget. Anything less starts, and the
     guard stops dispatch when real spending gets there."""
     if cfg.max_cost is not None and estimate.min_cost_usd is not None and estimate.min_cost_usd > cfg.max_cost:
-        return (f"the prompts alone of {estimate.requests} requests are estimated at "
-                f"${estimate.min_cost_usd:.4f} (${estimate.cost_usd:.4f} with answers), more than "
-                f"--max-cost ${cfg.max_cost:.4f}")  # fmt: skip
+        return (
+            f"the prompts alone of {estimate.requests} requests are estimated at "
+            f"${estimate.min_cost_usd:.4f} (${estimate.cost_usd or 0.0:.4f} with answers), more than "
+            f"--max-cost ${cfg.max_cost:.4f}"
+        )
     if cfg.max_total_tokens is not None and estimate.prompt_tokens > cfg.max_total_tokens:
-        return (f"the prompts alone of {estimate.requests} requests are estimated at "
-                f"{estimate.prompt_tokens} tokens, more than --max-total-tokens {cfg.max_total_tokens}")  # fmt: skip
+        return (
+            f"the prompts alone of {estimate.requests} requests are estimated at "
+            f"{estimate.prompt_tokens} tokens, more than --max-total-tokens {cfg.max_total_tokens}"
+        )
     return None
 
 
@@ -78,32 +117,36 @@ class BudgetGuard:
         self.max_cost = cfg.max_cost
         self.max_tokens = cfg.max_total_tokens
         self.active = self.max_cost is not None or self.max_tokens is not None
-        self._completion = completion_estimate(cfg)
         self._answers = 0
         self._tokens = 0
         self._cost = 0.0
 
     def record(self, total_tokens: int | None, cost: float | None) -> None:
+        """Count what one answered request really took."""
         self._answers += 1
         self._tokens += total_tokens or 0
         self._cost += cost or 0.0
 
-    def per_request(self, prompt_estimate: int) -> tuple[int, float]:
-        """(tokens, cost) one request is expected to take."""
+    def per_request(self, prompt_tokens: int) -> tuple[int, float]:
+        """(tokens, cost) one request is expected to take; ``prompt_tokens`` is its
+        :func:`prompt_estimate`."""
         if self._answers >= _LEARN_AFTER:
             return self._tokens // self._answers, self._cost / self._answers
         # nothing answered yet: the lower bound, so a poor guess of answer length cannot
         # stop a run before it starts; the first wave may overshoot by the in-flight count
-        return prompt_estimate, self.cfg.cost(prompt_estimate, 0) or 0.0
+        return prompt_tokens, self.cfg.cost(prompt_tokens, 0) or 0.0
 
-    def refuse(self, prompt_estimate: int, in_flight: int) -> str | None:
+    def refuse(self, prompt_tokens: int, in_flight: int) -> str | None:
         """A reason to stop before sending one more request, or None."""
         if not self.active:
             return None
-        tokens, cost = self.per_request(prompt_estimate)
+        tokens, cost = self.per_request(prompt_tokens)
         pending = in_flight + 1
         if self.max_cost is not None and self._cost + pending * cost > self.max_cost:
             return f"budget: ${self._cost:.4f} spent, {in_flight} in flight; --max-cost ${self.max_cost:.4f} reached"
         if self.max_tokens is not None and self._tokens + pending * tokens > self.max_tokens:
-            return f"budget: {self._tokens} tokens spent, {in_flight} in flight; --max-total-tokens {self.max_tokens} reached"
+            return (
+                f"budget: {self._tokens} tokens spent, {in_flight} in flight; "
+                f"--max-total-tokens {self.max_tokens} reached"
+            )
         return None

@@ -11,10 +11,9 @@ from typing import Any, Callable
 
 import click
 
-from .config import load_config
+from .config import MANIFEST_FORMATS, PROGRESS_MODES, JobConfig, load_config
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
 
-EXIT_USAGE, EXIT_ABORTED = ExitCode.USAGE, ExitCode.ABORTED
 log = logging.getLogger("docpipe")
 
 
@@ -35,11 +34,11 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
-            raise _Fail(str(e), EXIT_USAGE) from None
+            raise _Fail(str(e), ExitCode.USAGE) from None
         except StorageError as e:
-            raise _Fail(str(e), EXIT_ABORTED) from None
+            raise _Fail(str(e), ExitCode.ABORTED) from None
         except DocpipeError as e:
-            raise _Fail(str(e), EXIT_ABORTED) from None
+            raise _Fail(str(e), ExitCode.ABORTED) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:
@@ -107,44 +106,64 @@ def main() -> None:
 # ----------------------------------------------------------------------------- run
 
 
+_API_KEY_HELP = (
+    "API key. Visible to every user of this machine in `ps` and in shell history: prefer "
+    "--api-key-file, or APICORE_API_KEY / OPENAI_API_KEY in the environment."
+)
+_API_KEY_FILE_HELP = "File whose first line is the API key (kept out of `ps`)."
+_BASE_URL_HELP = "Gateway base URL [default: $OPENAI_BASE_URL, else https://api.apicore.ai/v1]."
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of run and validate. Values go to JobConfig as given: it parses and
+    checks every one (types, ranges, durations, HH:MM, K/N), so they are untyped here."""
     options = [
-        click.option("--job", type=click.Path(dir_okay=False), help="TOML job file; flags override it."),
-        click.option("--out", "out", type=click.Path(file_okay=False), help="Output folder (the run directory)."),
-        click.option("--format", "manifest_format", type=click.Choice(["csv", "parquet"]),
-                     help="Manifest format when the extension does not tell."),  # fmt: skip
-        click.option("--base-url", help="Gateway base URL [default: https://api.apicore.ai/v1]."),
+        click.option("--job", metavar="FILE", help="TOML job file; flags override it."),
+        click.option("--out", "out", metavar="DIR", help="Output folder (the run directory)."),
+        click.option(
+            "--format", "manifest_format", type=click.Choice(MANIFEST_FORMATS),
+            help="Manifest format when the extension does not tell.",
+        ),
+        click.option("--base-url", metavar="URL", help=_BASE_URL_HELP),
         click.option("--model", help="Model to ask [default: gpt-4o-all]."),
-        click.option("--api-key", help="API key; better: APICORE_API_KEY or OPENAI_API_KEY in the environment."),
-        click.option("--concurrency", type=click.IntRange(1, 100000), help="Most requests in flight [default: 16]."),
-        click.option("--rpm", type=click.IntRange(1), help="Requests per minute across the pool."),
-        click.option("--tpm", type=click.IntRange(1), help="Tokens per minute across the pool."),
-        click.option("--fixed-concurrency", is_flag=True, default=None,
-                     help="Keep --concurrency fixed instead of adapting to 429s and latency."),  # fmt: skip
-        click.option("--max-attempts", type=click.IntRange(1), help="Attempts per row [default: 6]."),
-        click.option("--timeout", type=click.FloatRange(min=0.1), help="Seconds per attempt [default: 180]."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0.1), help="Seconds to connect [default: 15]."),
-        click.option("--row-budget", type=click.FloatRange(min=0.1),
-                     help="Seconds per row across retries [default: 900]."),  # fmt: skip
-        click.option("--unreadable-retries", type=click.IntRange(0),
-                     help="Retries when the answer says the file could not be read [default: 1]."),  # fmt: skip
+        click.option("--api-key", metavar="KEY", help=_API_KEY_HELP),
+        click.option("--api-key-file", metavar="PATH", help=_API_KEY_FILE_HELP),
+        click.option("--concurrency", metavar="N", help="Most requests in flight [default: 16]."),
+        click.option("--rpm", metavar="N", help="Requests per minute across the pool."),
+        click.option("--tpm", metavar="N", help="Tokens per minute across the pool."),
+        click.option(
+            "--fixed-concurrency", is_flag=True, default=None,
+            help="Keep --concurrency fixed instead of adapting to 429s and latency.",
+        ),
+        click.option("--max-attempts", metavar="N", help="Attempts per row [default: 6]."),
+        click.option("--timeout", metavar="DURATION", help="Per attempt, e.g. 180, 3m [default: 180 s]."),
+        click.option("--connect-timeout", metavar="DURATION", help="To connect [default: 15 s]."),
+        click.option("--row-budget", metavar="DURATION", help="Per row across retries [default: 900 s]."),
+        click.option(
+            "--unreadable-retries", metavar="N",
+            help="Retries when the answer says the file could not be read [default: 1].",
+        ),
         click.option("--stream/--no-stream", default=None, help="Use SSE streaming."),
-        click.option("--temperature", type=float, help="Generation temperature."),
-        click.option("--max-tokens", type=click.IntRange(1), help="max_tokens sent with each request."),
+        click.option("--temperature", metavar="T", help="Generation temperature (0-2)."),
+        click.option("--max-tokens", metavar="N", help="max_tokens sent with each request."),
         click.option("--system", help="System message."),
         click.option("--template", help="User message template, e.g. '{file_url} {question}'."),
         click.option("--retry-failed", is_flag=True, default=None, help="Also re-send rows that failed before."),
-        click.option("--limit", type=click.IntRange(1), help="Only the first N manifest rows."),
-        click.option("--shard", help="K/N: take the K-th of N deterministic parts of the manifest."),
-        click.option("--deadline", help="Stop dispatching at this local time (HH:MM); exit 3, resumable."),
-        click.option("--max-runtime", help="Stop dispatching after this long (7h, 90m, 3600); exit 3."),
-        click.option("--max-cost", type=click.FloatRange(min=0), help="Budget in USD (needs prices in the job)."),
-        click.option("--max-total-tokens", type=click.IntRange(1), help="Budget in tokens."),
-        click.option("--grace-period", type=click.FloatRange(min=0),
-                     help="Seconds in-flight requests get after a stop [default: 30]."),  # fmt: skip
-        click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"]), help="Progress display."),
-        click.option("--progress-interval", type=click.FloatRange(min=0.1),
-                     help="Seconds between progress log lines [default: 30]."),  # fmt: skip
+        click.option("--limit", metavar="N", help="Only the first N manifest rows."),
+        click.option("--shard", metavar="K/N", help="Take the K-th of N deterministic parts of the manifest."),
+        click.option("--deadline", metavar="HH:MM", help="Stop dispatching at this local time (24 h); exit 3."),
+        click.option(
+            "--max-runtime", metavar="DURATION",
+            help="Stop dispatching after this long (7h, 90m, 1h30m, 3600); exit 3.",
+        ),
+        click.option("--max-cost", metavar="USD", help="Budget in USD (needs prices in the job)."),
+        click.option("--max-total-tokens", metavar="N", help="Budget in tokens."),
+        click.option(
+            "--grace-period", metavar="DURATION",
+            help="How long in-flight requests get after a stop [default: 30 s].",
+        ),
+        click.option("--progress", type=click.Choice(PROGRESS_MODES), help="Progress display."),
+        click.option("--progress-interval", metavar="DURATION", help="Between progress log lines [default: 30 s]."),
         click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
     ]
     for option in reversed(options):
@@ -152,34 +171,24 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def build_config(manifest: str | None, opts: dict[str, Any], *, require_out: bool = True) -> Any:
-    from .config import parse_duration
+def build_config(manifest: str | None, opts: dict[str, Any], *, require_out: bool = True) -> tuple[JobConfig, bool]:
+    """Map the options of run/validate onto :func:`load_config`; returns (config, quiet).
 
+    ``require_out``: the config is for a run, so :meth:`JobConfig.for_run` checks the
+    output folder and the key rule; validate only needs a manifest."""
     job = opts.pop("job", None)
-    quiet = opts.pop("quiet", False)
-    fixed = opts.pop("fixed_concurrency", None)
-    if fixed:
+    quiet = bool(opts.pop("quiet", False))
+    if opts.pop("fixed_concurrency", None):
         opts["adaptive"] = False
-    shard = opts.pop("shard", None)
-    if shard:
-        try:
-            k, n = (int(x) for x in shard.split("/"))
-            if not 1 <= k <= n:
-                raise ValueError
-        except ValueError:
-            raise UsageError(f"--shard must be K/N with 1 <= K <= N, not {shard!r}") from None
-        opts["shard"] = (k, n)
-    if opts.get("max_runtime"):
-        opts["max_runtime"] = parse_duration(opts["max_runtime"])
     if quiet:
         opts["progress"] = "none"
     if manifest:
         opts["manifest"] = manifest
-    cfg = load_config(job, **opts)
+    cfg = load_config(job, flags=opts)
+    if require_out:
+        return cfg.for_run(), quiet
     if not cfg.manifest:
         raise UsageError("no manifest: give MANIFEST or set manifest in the job file")
-    if require_out and not cfg.out:
-        raise UsageError("no output folder: give --out or set out in the job file")
     return cfg, quiet
 
 
@@ -205,15 +214,10 @@ def run(manifest: str | None, log_level: str, log_format: str, **opts: Any) -> N
     from .runner import run as run_job
 
     _setup_logging(log_level, log_format)
-    cfg, quiet = build_config(manifest, opts)
-    if cfg.api_key is None and not cfg.base_url.startswith(("http://127.", "http://localhost")):
-        raise UsageError(
-            "no API key: set APICORE_API_KEY (or OPENAI_API_KEY), name a variable with "
-            "api_key_env in the job file, or pass --api-key"
-        )
+    cfg, quiet = build_config(manifest, opts)  # checks the key rule too (JobConfig.for_run)
     summary = run_job(cfg, install_signals=True)
     if not quiet:
-        _print_summary(summary, cfg.out)
+        _print_summary(summary, summary.out)
     sys.exit(summary.exit_code)
 
 
@@ -315,15 +319,21 @@ def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _gateway_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--job", type=click.Path(dir_okay=False), help="TOML job file for the gateway settings."),
-        click.option("--base-url", help="Gateway base URL [default: https://api.apicore.ai/v1]."),
-        click.option("--api-key", help="API key; better: APICORE_API_KEY or OPENAI_API_KEY in the environment."),
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                     help="Seconds per request."),  # fmt: skip
+        click.option("--job", metavar="FILE", help="TOML job file for the gateway settings."),
+        click.option("--base-url", metavar="URL", help=_BASE_URL_HELP),
+        click.option("--api-key", metavar="KEY", help=_API_KEY_HELP),
+        click.option("--api-key-file", metavar="PATH", help=_API_KEY_FILE_HELP),
+        click.option("--timeout", metavar="DURATION", default="30", show_default=True, help="Per request."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _gateway_config(opts: dict[str, Any]) -> JobConfig:
+    """models/quota: the gateway settings; no key rule (the gateway says whether it wants one)."""
+    job = opts.pop("job", None)
+    return load_config(job, flags=opts)
 
 
 def _dumps(data: Any) -> str:
@@ -438,7 +448,7 @@ def merge(outs: tuple[str, ...], target: str, as_json: bool) -> None:
 @_gateway_options
 @_json_option
 @_errors
-def models(job: str | None, base_url: str | None, api_key: str | None, timeout: float, as_json: bool) -> None:
+def models(as_json: bool, **opts: Any) -> None:
     """List the models the gateway serves this key.
 
     \b
@@ -450,7 +460,7 @@ def models(job: str | None, base_url: str | None, api_key: str | None, timeout: 
     """
     from .gateway_info import format_models, models as list_models
 
-    listed = list_models(load_config(job, base_url=base_url, api_key=api_key, timeout=timeout))
+    listed = list_models(_gateway_config(opts))
     click.echo(_dumps(listed) if as_json else format_models(listed))
 
 
@@ -458,7 +468,7 @@ def models(job: str | None, base_url: str | None, api_key: str | None, timeout: 
 @_gateway_options
 @_json_option
 @_errors
-def quota(job: str | None, base_url: str | None, api_key: str | None, timeout: float, as_json: bool) -> None:
+def quota(as_json: bool, **opts: Any) -> None:
     """Show the key's limit, usage and what is left, in USD.
 
     \b
@@ -470,7 +480,7 @@ def quota(job: str | None, base_url: str | None, api_key: str | None, timeout: f
     """
     from .gateway_info import format_quota, quota as fetch
 
-    found = fetch(load_config(job, base_url=base_url, api_key=api_key, timeout=timeout))
+    found = fetch(_gateway_config(opts))
     click.echo(_dumps(found) if as_json else format_quota(found))
 
 

@@ -19,6 +19,7 @@
 
 The retry policy and the circuit breaker are each one ``isinstance`` check on
 this tree; the ``error_type`` attribute is what lands in the results table.
+:class:`ExitCode` is the one list of the process exit codes.
 """
 
 from __future__ import annotations
@@ -26,32 +27,22 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "ERROR_TYPES",
     "DocpipeError",
-    "UsageError",
-    "ManifestError",
-    "StorageError",
+    "ExitCode",
     "GatewayRefused",
+    "ManifestError",
+    "NoChannel",
+    "RateLimited",
     "RequestError",
     "RetryableError",
-    "RateLimited",
     "GatewayUnreachable",
-    "NoChannel",
     "RowFatalError",
-    "UnreadableDocument",
     "RunFatalError",
-    "ERROR_TYPES",
-    "ExitCode",
+    "StorageError",
+    "UnreadableDocument",
+    "UsageError",
 ]
-
-
-class ExitCode(IntEnum):
-    """What the ``docpipe`` process exits with; ``_run.json`` records the same number."""
-
-    OK = 0  #: every row ok
-    FAILED_ROWS = 1  #: finished, some rows failed
-    USAGE = 2  #: bad usage or input, found before anything was sent
-    ABORTED = 3  #: stopped early and resumable (key, quota, signal, deadline, budget, disk)
-    INTERNAL = 4  #: an unexpected error (a bug): one line, the traceback at --log-level debug
 
 #: Every value the ``error_type`` column can hold (DESIGN.md section 4, plus
 #: ``unreadable_document`` and ``no_channel`` which issue 4 asked for).
@@ -69,6 +60,16 @@ ERROR_TYPES = (
     "content_filter",
     "unreadable_document",
 )
+
+
+class ExitCode(IntEnum):
+    """What a docpipe process exits with (README: Exit codes)."""
+
+    OK = 0  # every row ok
+    FAILED_ROWS = 1  # finished, some rows failed (validate: bad rows or failing URLs)
+    USAGE = 2  # bad usage or input, found before anything was sent
+    ABORTED = 3  # stopped early (key, quota, signal, deadline, budget, disk): resumable
+    INTERNAL = 4  # an unexpected error: a bug in docpipe, not in the input
 
 
 class DocpipeError(Exception):

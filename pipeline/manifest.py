@@ -11,20 +11,27 @@ Decisions a user may want to know (also in the README):
 - ``request_id`` is the ``id`` column when present (it must be unique), otherwise
   a hash of what is sent (model, system message, parameters, message content),
   so tomorrow's run of a grown manifest recognises today's finished rows.
-- Row numbers in messages count data rows from 1 (the header is not a row).
+- Row numbers in messages count data rows from 1 (the header is not a row);
+  column numbers count from 1.
+- A CSV must be UTF-8: the first pass decodes every column, so a file saved as
+  latin-1 is refused before anything is sent, naming the row and the column.
+- ``file_url`` and ``question`` land in the results as they are in the manifest,
+  spaces included. The request carries the URL without surrounding whitespace
+  (what was checked is what is sent), so a URL padded with spaces is the same
+  request, and has the same ``request_id``, as the unpadded one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import string
-from urllib.parse import urlsplit
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
-
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,8 +65,7 @@ def detect_format(path: str, override: str | None = None) -> str:
     if suffix in (".parquet", ".pq"):
         return "parquet"
     raise ManifestError(
-        f"{path}: cannot tell the manifest format from the extension {suffix!r}; "
-        "use .csv or .parquet, or pass --format"
+        f"{path}: cannot tell the manifest format from the extension {suffix!r}; use .csv or .parquet, or pass --format"
     )
 
 
@@ -144,8 +150,7 @@ class Manifest:
         for f in fields:
             if f == "" or f not in known:
                 raise ManifestError(
-                    f"prompt template names column {{{f}}}, which {self.path} does not have; "
-                    f"columns are {names}"
+                    f"prompt template names column {{{f}}}, which {self.path} does not have; columns are {names}"
                 )
         return tuple(dict.fromkeys(fields))
 
@@ -170,7 +175,32 @@ class Manifest:
                 for start in range(0, batch.num_rows, size):
                     yield batch.slice(start, size)
         except (pa.ArrowInvalid, OSError) as e:
+            where = self._locate_bad_text() if self.format == "csv" and "UTF8" in str(e) else None
+            if where is not None:
+                raise ManifestError(f"{self.path}: {where} is not UTF-8 text; save the file as UTF-8") from None
             raise ManifestError(f"{self.path}: cannot read as {self.format}: {_short(e)}") from None
+
+    def _locate_bad_text(self) -> str | None:
+        """'row R, column C ('name')' (both from 1) of the first value that is not
+        UTF-8, or None. Only on the error path: it reads the file again as bytes."""
+        names = list(self.schema.names)
+        try:
+            reader = pacsv.open_csv(
+                self.path,
+                read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
+                convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in names}),
+            )
+            offset = 0
+            for batch in reader:
+                found = [(row, col) for col in range(batch.num_columns)
+                         if (row := _first_invalid_utf8(batch.column(col))) is not None]  # fmt: skip
+                if found:
+                    row, col = min(found)
+                    return f"row {offset + row + 1}, column {col + 1} ({names[col]!r})"
+                offset += batch.num_rows
+        except (pa.ArrowInvalid, OSError, IndexError):
+            return None
+        return None
 
     def _prepass(self) -> int:
         """Count rows, prove the whole file decodes, and check ids are unique, before
@@ -178,24 +208,26 @@ class Manifest:
         c = self.columns
         if self.format == "parquet" and c.id is None:
             return pq.ParquetFile(self.path).metadata.num_rows
-        cols = [c.id] if c.id else None
+        # a CSV is decoded whole (every column), so text that is not UTF-8 stops us here
+        cols = [c.id] if c.id and self.format == "parquet" else None
         count = 0
-        ids: list[pa.Array] = []
+        ids: list[pa.Array[Any]] = []
         for batch in self._raw_batches(cols):
             count += batch.num_rows
             if c.id:
                 ids.append(batch.column(c.id).cast(pa.string()))
         if c.id and ids:
             all_ids = pa.chunked_array(ids)
-            nulls = all_ids.null_count + pc.sum(pc.equal(all_ids, "")).as_py()
-            if nulls:
-                first = pc.index(pc.fill_null(all_ids, ""), "").as_py()
+            empty = pa.scalar("")
+            filled = all_ids.fill_null(empty)
+            first = pc.index(filled, empty).as_py()  # -1 when no id is null or empty
+            if first is not None and first >= 0:
                 raise ManifestError(f"{self.path}: column {c.id!r} is empty at row {first + 1}")
             if pc.count_distinct(all_ids).as_py() != len(all_ids):
                 counts = pc.value_counts(all_ids)
-                repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+                repeated = pc.filter(counts, pc.greater(counts.field("counts"), pa.scalar(1)))
                 value = repeated[0]["values"].as_py()
-                rows = [i + 1 for i in pc.indices_nonzero(pc.equal(all_ids, value)).to_pylist()[:5]]
+                rows = [(i or 0) + 1 for i in pc.indices_nonzero(pc.equal(all_ids, value)).to_pylist()[:5]]
                 raise ManifestError(
                     f"{self.path}: duplicate id {value!r} in column {c.id!r} at rows {rows} "
                     f"({len(repeated)} ids repeat)"
@@ -215,7 +247,7 @@ class Manifest:
     def request_id_for(self, content: str) -> str:
         return hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=16).hexdigest()
 
-    def views(self) -> Iterator[tuple[pa.RecordBatch, pa.Array, list[str]]]:
+    def views(self) -> Iterator[tuple[pa.RecordBatch, pa.Array[Any], list[str]]]:
         """Yield (batch, request_ids, contents) for every manifest row in scope
         (after --shard and --limit), in manifest order."""
         c = self.columns
@@ -234,8 +266,8 @@ class Manifest:
                 else None
             )
             contents = [
-                self._content(u, q, extra[i] if extra is not None else None)
-                for i, (u, q) in enumerate(zip(urls, questions))
+                self._content(u.strip(), q, extra[i] if extra is not None else None)
+                for i, (u, q) in enumerate(zip(urls, questions, strict=True))
             ]
             if c.id:
                 ids = batch.column(c.id).cast(pa.string())
@@ -246,9 +278,9 @@ class Manifest:
             batch = batch.append_column("__row_index", indices)
             if shard is not None:
                 k, n = shard
-                keep = pa.array([_shard_of(i, n) == k - 1 for i in ids.to_pylist()])
+                keep = pa.array([_shard_of(str(i), n) == k - 1 for i in ids.to_pylist()])
                 batch, ids = batch.filter(keep), ids.filter(keep)
-                contents = [x for x, m in zip(contents, keep.to_pylist()) if m]
+                contents = [x for x, m in zip(contents, keep.to_pylist(), strict=True) if m]
             if limit is not None and seen + batch.num_rows > limit:
                 take = limit - seen
                 batch, ids, contents = batch.slice(0, take), ids.slice(0, take), contents[:take]
@@ -260,7 +292,7 @@ class Manifest:
         """Batches of rows to process, minus those whose request_id is in ``skip``."""
         c = self.columns
         for batch, ids, contents in self.views():
-            id_list = ids.to_pylist()
+            id_list = [str(i) for i in ids.to_pylist()]
             positions: Any
             if skip is not None and len(skip):
                 keep = ~skip.contains(hash_ids(id_list))
@@ -288,7 +320,7 @@ class Manifest:
             yield out
 
 
-def _as_text(col: pa.Array | pa.ChunkedArray) -> list[str]:
+def _as_text(col: pa.Array[Any] | pa.ChunkedArray[Any]) -> list[str]:
     if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
         col = col.cast(pa.string())
     return ["" if v is None else v for v in col.to_pylist()]
@@ -298,11 +330,38 @@ def _invalid(url: str, question: str) -> str | None:
     u = url.strip()
     if not u:
         return "file_url is empty"
-    if not u.lower().startswith(("http://", "https://")) or not urlsplit(u).netloc or " " in u:
+    if any(ch.isspace() for ch in u):
+        return f"file_url contains a space: {u[:80]!r}"
+    if not u.lower().startswith(("http://", "https://")) or not urlsplit(u).netloc:
         return f"file_url is not an http(s) URL: {u[:80]!r}"
     if not question.strip():
         return "question is empty"
     return None
+
+
+def _first_invalid_utf8(col: pa.Array[Any]) -> int | None:
+    """Index of the first value of a binary column that is not UTF-8, or None.
+
+    A cast to string checks a whole array at C speed but does not say where it
+    failed, so bisect with casts of slices: log2(n) casts."""
+    if _is_utf8(col):
+        return None
+    lo, hi = 0, len(col)  # the first bad value is in [lo, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _is_utf8(col.slice(lo, mid - lo)):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _is_utf8(col: pa.Array[Any]) -> bool:
+    try:
+        col.cast(pa.string())
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _shard_of(request_id: str, n: int) -> int:

@@ -15,34 +15,25 @@ from __future__ import annotations
 
 import email.utils
 import random
-import re
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from .config import parse_duration
 from .errors import RetryableError, UnreadableDocument
 
 #: The most we wait because a server told us to; beyond that, our own schedule.
 MAX_SERVER_WAIT = 600.0
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
-
-def parse_go_duration(text: str) -> float | None:
-    """'6m0s' -> 360.0, '12ms' -> 0.012, '1.5s' -> 1.5, '2' -> 2.0; None if unreadable."""
-    t = text.strip().lower()
-    if not t:
-        return None
+def _reset_seconds(value: str) -> float | None:
+    """An ``x-ratelimit-reset-*`` value ("6m0s", "12ms", "2") in seconds, None if unreadable."""
     try:
-        return float(t)
+        return parse_duration(value)
     except ValueError:
-        pass
-    parts = _DURATION.findall(t)
-    if not parts or "".join(n + u for n, u in parts) != t:
         return None
-    return sum(float(n) * _SCALE[u] for n, u in parts)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -65,7 +56,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     resets = [
         d
         for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset")
-        if (v := headers.get(name)) and (d := parse_go_duration(v)) is not None
+        if (v := headers.get(name)) and (d := _reset_seconds(v)) is not None
     ]
     if resets:
         return _cap(max(resets))

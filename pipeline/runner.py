@@ -57,10 +57,8 @@ class Run:
 
     def __init__(self, cfg: JobConfig, *, progress: ProgressDisplay | None = None,
                  install_signals: bool = False) -> None:  # fmt: skip
-        if not cfg.manifest:
-            raise UsageError("no manifest given")
-        if not cfg.out:
-            raise UsageError("no output folder given (--out)")
+        cfg = cfg.for_run()  # the same checks whichever door the settings came in by
+        assert cfg.manifest is not None and cfg.out is not None
         self.cfg = cfg
         self.progress = progress
         self.install_signals = install_signals
@@ -83,7 +81,8 @@ class Run:
 
     async def execute(self) -> RunSummary:
         """Run the job to its end (or its stop) and return the summary ``_run.json`` holds."""
-        manifest = Manifest(self.cfg.manifest, self.cfg)  # type: ignore[arg-type]
+        assert self.cfg.manifest is not None
+        manifest = Manifest(self.cfg.manifest, self.cfg)
         self.run_dir.prepare()
         try:
             return await self._execute(manifest)

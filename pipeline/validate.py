@@ -11,10 +11,13 @@ Decisions:
 
 - Duplicate identical requests (same content, model, system message and
   parameters) are a warning, not a bad row: each still costs a request.
-- The token estimate is for *our* text only (:mod:`pipeline.tokens`);
-  ``gpt-4o-all`` also bills the tokens of the fetched file, which no client can
-  see, so treat the cost as a floor. ``cost_max_usd`` adds ``max_tokens`` of
-  completion per request when ``max_tokens`` is set.
+- The estimate is the one the budget and the TPM limiter use
+  (:mod:`pipeline.budget`), so validate and a run price a manifest alike. Prompt
+  tokens are for *our* text only; ``gpt-4o-all`` also bills the tokens of the
+  fetched file, which no client can see, so ``cost_usd`` (prompts and fees) is a
+  floor. ``cost_with_answers_usd`` adds the completion estimate (``max_tokens``
+  when set, else 500 a request); ``cost_max_usd`` is that figure when
+  ``max_tokens`` bounds the answers, else None.
 - URL problems that make a row fail (unreachable, non-2xx, expired signed link)
   count like bad rows (exit 1); a content type that is not a document (a web
   page, a video) is a warning, since the gateway may still read it. URLs are
@@ -25,18 +28,20 @@ from __future__ import annotations
 
 import asyncio
 from array import array
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
+from .budget import Estimate, prompt_estimate
 from .config import JobConfig
+from .errors import ExitCode
 from .idset import IdIndex, hash_ids
 from .manifest import Manifest
 from .rundir import RunDir
-from .tokens import estimate_prompt
 
 EXAMPLES = 20  # bad rows / URL problems listed in full; counts are always complete
 _DUP_GROUPS = 5
@@ -101,8 +106,10 @@ class Validation:
     done: int = 0  # rows OUT already holds (ok ones, or all under retry_failed=False)
     requests: int = 0  # requests the run would send
     prompt_tokens: int = 0
-    cost_usd: float | None = None
-    cost_max_usd: float | None = None
+    completion_tokens: int = 0  # the estimate: requests x (max_tokens or 500)
+    cost_usd: float | None = None  # prompts and per-request fees: a floor
+    cost_with_answers_usd: float | None = None  # plus the completion estimate
+    cost_max_usd: float | None = None  # cost_with_answers_usd when max_tokens bounds it
     urls_checked: int | None = None
     url_problems: list[UrlProblem] = field(default_factory=list)
 
@@ -111,15 +118,15 @@ class Validation:
         return sum(p.fatal for p in self.url_problems)
 
     @property
-    def exit_code(self) -> int:
-        return 1 if self.bad_rows or self.url_failures else 0
+    def exit_code(self) -> ExitCode:
+        return ExitCode.FAILED_ROWS if self.bad_rows or self.url_failures else ExitCode.OK
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["url_failures"] = self.url_failures
-        for p, problem in zip(d["url_problems"], self.url_problems):
+        for p, problem in zip(d["url_problems"], self.url_problems, strict=True):
             p["fatal"] = problem.fatal
-        d["exit_code"] = self.exit_code
+        d["exit_code"] = int(self.exit_code)
         return d
 
 
@@ -134,31 +141,14 @@ def validate(
     for file-level problems; everything row-level lands in the returned report."""
     manifest = Manifest(cfg.manifest, cfg)  # type: ignore[arg-type]
     c = manifest.columns
-    v = Validation(
-        manifest=manifest.path,
-        format=manifest.format,
-        columns={
-            "file_url": c.file_url,
-            "question": c.question,
-            "id": c.id,
-            "request_id": f"column {c.id!r}" if c.id else "hash of the request",
-            "passthrough": dict(zip(c.passthrough, c.output_names)),
-            "template": cfg.template,
-        },
-        rows=0,
-        out=cfg.out,
-    )
-    max_tokens = int(cfg.params.get("max_tokens") or 0)
-    if cfg.has_prices:
-        v.cost_usd = 0.0
-        v.cost_max_usd = 0.0 if max_tokens else None
+    v = _empty_report(manifest, cfg)
     skip = RunDir(cfg.out).skip_index(cfg.retry_failed) if cfg.out else None
     keys = array("Q")  # 64 bits of each sendable row's request hash: 8 bytes a row
     key_rows = array("q")
     urls: dict[str, list[int]] = {}
     for batch in manifest.rows():
         done = _done_mask(batch, skip)
-        for row, is_done in zip(batch, done):
+        for row, is_done in zip(batch, done, strict=True):
             v.rows += 1
             number = row.index + 1
             if row.invalid is not None:
@@ -175,21 +165,38 @@ def validate(
                 v.done += 1
                 continue
             v.requests += 1
-            tokens = estimate_prompt(row.content, cfg.system)
-            v.prompt_tokens += tokens
-            if v.cost_usd is not None:  # per row, as a run prices each answer
-                v.cost_usd += cfg.cost(tokens, 0) or 0.0
-            if v.cost_max_usd is not None:
-                v.cost_max_usd += cfg.cost(tokens, max_tokens) or 0.0
+            v.prompt_tokens += prompt_estimate(row.content, cfg)
             if check_urls:
                 seen = urls.setdefault(row.file_url.strip(), [])
                 if len(seen) < 3:
                     seen.append(number)
+    _set_estimate(v, cfg)
     v.duplicate_requests, v.duplicate_groups = _duplicates(keys, key_rows)
     if check_urls:
         v.urls_checked = len(urls)
         v.url_problems = asyncio.run(check_urls_async(urls, url_concurrency, url_timeout))
     return v
+
+
+def _empty_report(manifest: Manifest, cfg: JobConfig) -> Validation:
+    c = manifest.columns
+    columns = {
+        "file_url": c.file_url,
+        "question": c.question,
+        "id": c.id,
+        "request_id": f"column {c.id!r}" if c.id else "hash of the request",
+        "passthrough": dict(zip(c.passthrough, c.output_names, strict=True)),
+        "template": cfg.template,
+    }
+    return Validation(manifest=manifest.path, format=manifest.format, columns=columns, rows=0, out=cfg.out)
+
+
+def _set_estimate(v: Validation, cfg: JobConfig) -> None:
+    est = Estimate.of(cfg, rows=v.rows - v.done, requests=v.requests, prompt_tokens=v.prompt_tokens)
+    v.completion_tokens = est.completion_tokens
+    v.cost_usd = est.min_cost_usd
+    v.cost_with_answers_usd = est.cost_usd
+    v.cost_max_usd = est.cost_usd if cfg.params.get("max_tokens") else None
 
 
 def _done_mask(batch: list[Any], skip: IdIndex | None) -> Iterable[bool]:
@@ -198,7 +205,7 @@ def _done_mask(batch: list[Any], skip: IdIndex | None) -> Iterable[bool]:
     return skip.contains(hash_ids([r.request_id for r in batch])).tolist()  # type: ignore[no-any-return]
 
 
-def _duplicates(keys: array, rows: array) -> tuple[int, list[list[int]]]:
+def _duplicates(keys: array[int], rows: array[int]) -> tuple[int, list[list[int]]]:
     if not keys:
         return 0, []
     k = np.frombuffer(keys, dtype=np.uint64)
@@ -231,14 +238,14 @@ def signed_link_expiry(url: str) -> tuple[bool, datetime | None]:
     try:
         for prefix in ("x-amz-", "x-goog-"):
             if f"{prefix}date" in params and f"{prefix}expires" in params:
-                start = datetime.strptime(params[f"{prefix}date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+                start = datetime.strptime(params[f"{prefix}date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
                 expiry = start + timedelta(seconds=int(params[f"{prefix}expires"]))
         if expiry is None and params.get("expires", "").isdigit():
-            expiry = datetime.fromtimestamp(int(params["expires"]), timezone.utc)
+            expiry = datetime.fromtimestamp(int(params["expires"]), UTC)
         if expiry is None and "se" in params:
             expiry = datetime.fromisoformat(params["se"].replace("Z", "+00:00"))
             if expiry.tzinfo is None:
-                expiry = expiry.replace(tzinfo=timezone.utc)
+                expiry = expiry.replace(tzinfo=UTC)
     except (ValueError, OverflowError):
         expiry = None
     return signed, expiry
@@ -281,19 +288,17 @@ async def check_urls_async(
     return [found[u] for u in urls if u in found]
 
 
-async def _check_one(
-    session: Any, url: str, timeout: float
-) -> tuple[str, str, int | None, str | None] | None:
+async def _check_one(session: Any, url: str, timeout: float) -> tuple[str, str, int | None, str | None] | None:
     import aiohttp
 
     signed, expiry = signed_link_expiry(url)
-    if expiry is not None and expiry < datetime.now(timezone.utc):
+    if expiry is not None and expiry < datetime.now(UTC):
         return "expired_link", f"signed link expired at {expiry.isoformat()}", None, None
     try:
         status, ctype = await _probe(session, "HEAD", url)
         if status in HEAD_REFUSED:
             status, ctype = await _probe(session, "GET", url)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "unreachable", f"no answer within {timeout:g} s", None, None
     except aiohttp.ClientError as e:
         return "unreachable", f"{type(e).__name__}: {e}"[:200], None, None
@@ -322,8 +327,7 @@ def format_validation(v: Validation) -> str:
     passthrough = ", ".join(src if src == dst else f"{src} -> {dst}" for src, dst in c["passthrough"].items())
     lines = [
         f"manifest: {v.manifest} ({v.format}, {v.rows} rows in scope)",
-        f"columns: file_url <- {c['file_url']!r}, question <- {c['question']!r}, "
-        f"request_id <- {c['request_id']}",
+        f"columns: file_url <- {c['file_url']!r}, question <- {c['question']!r}, request_id <- {c['request_id']}",
         f"passthrough: {passthrough or '(none)'}",
     ]
     if v.bad_rows:
@@ -339,11 +343,15 @@ def format_validation(v: Validation) -> str:
                      f"(rows {groups}); each costs a request")  # fmt: skip
     if v.out:
         lines.append(f"already done in {v.out}: {v.done} rows")
-    estimate = f"to send: {v.requests} requests, ~{v.prompt_tokens} prompt tokens of our text"
+    estimate = (f"to send: {v.requests} requests, ~{v.prompt_tokens} prompt tokens of our text "
+                f"and ~{v.completion_tokens} completion tokens")  # fmt: skip
     if v.cost_usd is not None:
         estimate += f", ~${v.cost_usd:.4f} before completion tokens"
         if v.cost_max_usd is not None:
             estimate += f" (at most ${v.cost_max_usd:.4f} with max_tokens answers)"
+        elif v.cost_with_answers_usd is not None:
+            each = v.completion_tokens // max(v.requests, 1)
+            estimate += f" (~${v.cost_with_answers_usd:.4f} with answers of ~{each} tokens)"
     lines.append(estimate + "; the fetched files' tokens come on top")
     if v.urls_checked is not None:
         lines.append(f"urls: {v.urls_checked} checked, {v.url_failures} failing, "

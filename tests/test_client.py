@@ -21,7 +21,7 @@ from pipeline.errors import (
     UnreadableDocument,
 )
 from pipeline.records import Completion, Row
-from pipeline.retry import backoff, parse_go_duration, parse_retry_after, should_retry, wait_for
+from pipeline.retry import backoff, parse_retry_after, should_retry, wait_for
 
 GOOD = {
     "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
@@ -154,11 +154,6 @@ def test_retry_after_as_http_date() -> None:
     now = 1_700_000_000.0
     header = email.utils.formatdate(now + 30, usegmt=True)
     assert parse_retry_after({"retry-after": header}, now=now) == pytest.approx(30, abs=1)
-
-
-def test_go_durations() -> None:
-    assert parse_go_duration("1h2m3s") == 3723 and parse_go_duration("500ms") == 0.5
-    assert parse_go_duration("nonsense") is None
 
 
 def test_backoff_is_full_jitter_exponential_and_capped() -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pipeline.cli import main
 
@@ -62,7 +63,7 @@ def test_job_file_and_an_overriding_flag_shape_every_request_body(tmp_path: Path
 
     bodies = sorted(server.bodies(), key=lambda b: b["messages"][-1]["content"])
     assert len(bodies) == 3
-    for body, row in zip(bodies, ROWS):
+    for body, row in zip(bodies, ROWS, strict=True):
         assert body["model"] == "gpt-4o-mini"
         assert body["temperature"] == 0.9  # the flag wins over the job's 0.2
         assert body["max_tokens"] == 300  # the job's value stays
@@ -93,7 +94,9 @@ def test_the_contracts_example_job_runs_on_the_sample_reports(tmp_path: Path, si
             "--rpm", "100000", "--quiet", env={"APICORE_API_KEY": TEST_KEY}, timeout=20)  # fmt: skip
     assert r.returncode == 1, r.stderr  # the sample holds one deliberately bad row (an ftp:// URL)
     df = pd.read_parquet(tmp_path / "c" / "results.parquet")
-    assert (df["status"] == "ok").sum() == 23 and df.loc[df["status"] != "ok", "error_type"].tolist() == ["invalid_input"]
+    assert (df["status"] == "ok").sum() == 23 and df.loc[df["status"] != "ok", "error_type"].tolist() == [
+        "invalid_input"
+    ]
     assert df["cost_usd"].notna().sum() == 23  # the job's prices
     body = next(b for b in server.bodies() if "rfc9110" in b["messages"][-1]["content"])
     assert body["messages"][0]["role"] == "system" and body["temperature"] == 0.2 and body["max_tokens"] == 800
@@ -117,13 +120,100 @@ def test_every_command_documents_an_example() -> None:
     names = sorted(main.commands)
     assert {"run", "validate", "summary", "diff", "merge", "models", "quota"} <= set(names)
     procs = {
-        name: subprocess.Popen([sys.executable, "-m", "pipeline.cli", name, "--help"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        name: subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", name, "--help"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name in names
     }
     undocumented = []
     for name, proc in procs.items():
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=90)  # ten interpreters at once on a loaded 2-core machine
         if proc.returncode != 0 or "Example" not in out:
             undocumented.append(f"{name}: exit {proc.returncode} {err.strip()[:200]}")
     assert not undocumented
+
+
+# ------------------------------------------------------------------------------ settings at the CLI
+
+
+def test_a_bad_job_file_value_exits_2_naming_file_section_key_and_value(tmp_path: Path, sim) -> None:
+    server = sim(latency_s=0.0)
+    job = write_job(tmp_path, "{file_url} {question}")
+    job.write_text(job.read_text().replace("concurrency = 4", 'concurrency = "five"'))
+    for command in ("run", "validate"):
+        r = cli(command, "--job", str(job), "--base-url", server.url, "--api-key", TEST_KEY, timeout=20)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"docpipe: error: {job}: [limits] concurrency = 'five': expected an integer"
+        ]
+    assert server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--deadline", "6am", "expected HH:MM"),
+        ("--deadline", "25:00", "expected HH:MM"),
+        ("--deadline", "06h00", "expected HH:MM"),
+        ("--max-runtime", "0", "greater than 0"),
+        ("--shard", "3/2", "expected K/N"),
+    ],
+)
+def test_a_bad_flag_exits_2_before_any_request(tmp_path: Path, sim, flag: str, value: str, expected: str) -> None:
+    server = sim(latency_s=0.0)
+    manifest = write_csv(tmp_path / "m.csv", ROWS)
+    r = cli("run", str(manifest), "--out", str(tmp_path / "out"), "--base-url", server.url, "--api-key", TEST_KEY,
+            flag, value, "--quiet", timeout=20)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"docpipe: error: {flag} {value!r}: ") and expected in lines[0]
+    assert server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_exits_2_from_the_flag_and_from_the_job_file(tmp_path: Path, sim) -> None:
+    server = sim(latency_s=0.0)
+    job = write_job(tmp_path, "{file_url} {question}")
+    (job.parent / "out").write_text("a file where the run folder should be")
+    by_job = cli("run", "--job", str(job), "--base-url", server.url, "--api-key", TEST_KEY, timeout=20)
+    by_flag = cli("run", "--job", str(job), "--out", str(job.parent / "out"), "--base-url", server.url,
+                  "--api-key", TEST_KEY, timeout=20)  # fmt: skip
+    for r in (by_job, by_flag):
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "is an existing file, not a folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert server.stats()["requests"] == 0
+
+
+def test_openai_base_url_and_an_api_key_file(tmp_path: Path, sim) -> None:
+    server = sim(latency_s=0.0, api_key=TEST_KEY)
+    manifest = write_csv(tmp_path / "m.csv", ROWS)
+    key = tmp_path / "key.txt"
+    key.write_text(TEST_KEY + "\n")
+    env = {"OPENAI_BASE_URL": server.url}
+    r = cli("run", str(manifest), "--out", str(tmp_path / "out"), "--api-key-file", str(key), "--quiet", env=env,
+            timeout=20)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert server.stats()["ok_requests"] == 3
+    for command in ("models", "quota"):
+        r = cli(command, "--api-key-file", str(key), "--json", env=env, timeout=20)
+        assert r.returncode == 0, r.stderr
+    r = cli("models", "--api-key-file", str(tmp_path / "nope.txt"), env=env, timeout=20)
+    assert r.returncode == 2 and "nope.txt" in r.stderr and "cannot read the key file" in r.stderr
+
+
+def test_a_run_without_a_key_exits_2_but_validate_needs_none(tmp_path: Path) -> None:
+    manifest = write_csv(tmp_path / "m.csv", ROWS)
+    r = cli("run", str(manifest), "--out", str(tmp_path / "out"), "--base-url", "https://gateway.invalid/v1")
+    assert r.returncode == 2 and "no API key for https://gateway.invalid/v1" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = cli("validate", str(manifest), "--base-url", "https://gateway.invalid/v1")
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_help_warns_that_api_key_is_visible_in_ps() -> None:
+    r = cli("run", "--help")
+    assert "--api-key-file" in r.stdout and "`ps`" in r.stdout

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -146,7 +147,7 @@ class FileServer:
         await self._stop.wait()
         await runner.cleanup()
 
-    def __enter__(self) -> "FileServer":
+    def __enter__(self) -> FileServer:
         self._thread.start()
         assert self._ready.wait(5)
         return self
@@ -167,7 +168,7 @@ def files() -> Iterator[FileServer]:
 
 
 def test_check_urls_flags_404_timeout_web_page_and_expired_links_and_passes_a_pdf(tmp_path: Path, files) -> None:
-    fresh = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    fresh = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     urls = {
         "ok": files.url("/doc.pdf"),
         "missing": files.url("/missing.pdf"),
@@ -214,7 +215,11 @@ def test_a_web_page_alone_is_a_warning_not_a_failure(tmp_path: Path, files) -> N
     ("url", "signed", "expired"),
     [
         ("https://b.s3.amazonaws.com/k.pdf?X-Amz-Date=20200101T000000Z&X-Amz-Expires=60&X-Amz-Signature=x", True, True),
-        ("https://s.googleapis.com/k.pdf?X-Goog-Date=20991231T000000Z&X-Goog-Expires=60&X-Goog-Signature=x", True, False),
+        (
+            "https://s.googleapis.com/k.pdf?X-Goog-Date=20991231T000000Z&X-Goog-Expires=60&X-Goog-Signature=x",
+            True,
+            False,
+        ),
         ("https://d.cloudfront.net/k.pdf?Expires=1000000000&Signature=x&Key-Pair-Id=K", True, True),
         ("https://a.blob.core.windows.net/c/k.pdf?sv=2022-11-02&se=2099-01-01T00:00:00Z&sig=x", True, False),
         ("https://a.blob.core.windows.net/c/k.pdf?se=2001-01-01T00:00:00Z&sig=x", True, True),
@@ -224,7 +229,7 @@ def test_a_web_page_alone_is_a_warning_not_a_failure(tmp_path: Path, files) -> N
 def test_signed_link_expiry_reads_s3_gcs_cloudfront_and_azure(url: str, signed: bool, expired: bool) -> None:
     is_signed, expiry = signed_link_expiry(url)
     assert is_signed == signed
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert (expiry is not None and expiry < now) == expired
 
 
@@ -247,6 +252,19 @@ def test_content_types(ctype: Any, kind: str | None) -> None:
 
 
 def test_expiry_in_the_future_is_not_flagged() -> None:
-    later = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y%m%dT%H%M%SZ")
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y%m%dT%H%M%SZ")
     _, expiry = signed_link_expiry(f"https://x.example/a.pdf?X-Amz-Date={later}&X-Amz-Expires=60")
-    assert expiry is not None and expiry > datetime.now(timezone.utc)
+    assert expiry is not None and expiry > datetime.now(UTC)
+
+
+def test_the_text_report_shows_the_estimate_a_run_is_held_to(tmp_path: Path) -> None:
+    manifest = write_csv(tmp_path / "m.csv", make_rows(4))
+    job = tmp_path / "job.toml"
+    job.write_text("[prices]\nprompt_per_1m = 2.5\ncompletion_per_1m = 10.0\n")
+    r = cli("validate", str(manifest), "--job", str(job))
+    assert r.returncode == 0, r.stderr
+    assert "to send: 4 requests" in r.stdout and "~2000 completion tokens" in r.stdout
+    assert "with answers of ~500 tokens" in r.stdout
+    data = json.loads(cli("validate", str(manifest), "--job", str(job), "--max-tokens", "100", "--json").stdout)
+    assert data["completion_tokens"] == 400 and data["cost_max_usd"] == data["cost_with_answers_usd"] > data["cost_usd"]
+    assert data["exit_code"] == 0
