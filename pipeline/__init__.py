@@ -19,17 +19,17 @@ from .errors import (
 from .runner import RunSummary, run, run_async
 
 __all__ = [
-    "run",
-    "run_async",
-    "load_config",
-    "JobConfig",
-    "RunSummary",
     "DocpipeError",
-    "UsageError",
+    "JobConfig",
     "ManifestError",
-    "StorageError",
     "RequestError",
     "RetryableError",
     "RowFatalError",
     "RunFatalError",
+    "RunSummary",
+    "StorageError",
+    "UsageError",
+    "load_config",
+    "run",
+    "run_async",
 ]

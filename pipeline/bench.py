@@ -41,9 +41,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 #: Default fault mix: the failures a client most often gets wrong (hang needs a
 #: timeout, 429 without Retry-After needs our own back-off, truncated JSON in a 200).

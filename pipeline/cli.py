@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -370,7 +370,8 @@ def validate(manifest: str | None, check_urls: bool, url_concurrency: int, url_t
       docpipe validate manifest.csv --out out/tonight
       docpipe validate --job jobs/contracts.toml --check-urls --url-timeout 5
     """
-    from .validate import format_validation, validate as check
+    from .validate import format_validation
+    from .validate import validate as check
 
     _setup_logging(log_level, log_format)
     cfg, _quiet = build_config(manifest, opts, require_out=False)
@@ -417,7 +418,8 @@ def diff(out_a: str, out_b: str, out_changed: str | None, key: str, as_json: boo
       docpipe diff out/gpt-4o-all out/gpt-4-all --out-changed changed.parquet
       docpipe diff out/monday out/tuesday --key content --json
     """
-    from .summary import diff as compare, format_diff
+    from .summary import diff as compare
+    from .summary import format_diff
 
     report = compare(out_a, out_b, key="content" if key == "content" else "request_id", out_changed=out_changed)
     click.echo(_dumps(report) if as_json else format_diff(report))
@@ -438,7 +440,8 @@ def merge(outs: tuple[str, ...], target: str, as_json: bool) -> None:
     Example:
       docpipe merge out/shard-1 out/shard-2 --out out/all
     """
-    from .summary import format_merge, merge as combine
+    from .summary import format_merge
+    from .summary import merge as combine
 
     report = combine(outs, target)
     click.echo(_dumps(report) if as_json else format_merge(report))
@@ -458,7 +461,8 @@ def models(as_json: bool, **opts: Any) -> None:
       docpipe models
       docpipe models --base-url http://127.0.0.1:8088/v1 --json
     """
-    from .gateway_info import format_models, models as list_models
+    from .gateway_info import format_models
+    from .gateway_info import models as list_models
 
     listed = list_models(_gateway_config(opts))
     click.echo(_dumps(listed) if as_json else format_models(listed))
@@ -478,7 +482,8 @@ def quota(as_json: bool, **opts: Any) -> None:
       docpipe quota
       APICORE_API_KEY=sk-... docpipe quota --json
     """
-    from .gateway_info import format_quota, quota as fetch
+    from .gateway_info import format_quota
+    from .gateway_info import quota as fetch
 
     found = fetch(_gateway_config(opts))
     click.echo(_dumps(found) if as_json else format_quota(found))

@@ -9,10 +9,10 @@ aiohttp session around them.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import aiohttp
 import orjson
@@ -270,7 +270,7 @@ class GatewayClient:
         self._base = self._body_base()
         self.session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "GatewayClient":
+    async def __aenter__(self) -> GatewayClient:
         # the default connector caps at 100 connections, which at 1000 in flight
         # holds throughput to a tenth of the bound (DESIGN.md section 9)
         connector = aiohttp.TCPConnector(
@@ -327,7 +327,7 @@ class GatewayClient:
         except RequestError as e:
             e.message = self.redact(e.message)
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RetryableError(f"no complete answer within {self.cfg.timeout:g} s", error_type="timeout") from None
         except aiohttp.InvalidURL as e:
             raise RunFatalError(f"invalid gateway URL: {e}", error_type="invalid_request") from None
@@ -363,7 +363,7 @@ class GatewayClient:
                     err = classify_error(resp.status, resp.headers, body)
                     err.message = self.redact(err.message)
                     raise err
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RetryableError(f"{path}: no answer within {self.cfg.timeout:g} s", error_type="timeout") from None
         except aiohttp.ClientError as e:
             raise RetryableError(self.redact(short(f"{path}: {e}")), error_type="connection") from None

@@ -9,6 +9,7 @@ limiter) are cancelled at once, so a stop never waits for a limiter to open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -50,10 +51,8 @@ class StopControl:
         """A back-off that a stop cuts short (the next step then sees the stop)."""
         if seconds <= 0:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def before_send(self, waiting: Awaitable[T]) -> T:
         """Await a wait that precedes sending (a slot, a limiter); a stop turns it into

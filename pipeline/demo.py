@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from .config import load_config
-from .report import format_summary
 from .errors import ExitCode
+from .report import format_summary
 from .runner import run
 from .simulator import SimConfig, SimServer
 

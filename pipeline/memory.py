@@ -7,6 +7,7 @@ not do behind its caller's back: only the ``docpipe`` command calls it, at start
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -15,10 +16,8 @@ import os
 def release_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc only)."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def use_lean_arrow_pool() -> None:

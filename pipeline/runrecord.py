@@ -45,7 +45,8 @@ class Counts:
         if table.num_rows == 0:
             return cls()
         ok = pc.sum(pc.equal(table["status"], Status.OK.value)).as_py() or 0
-        errors = {item["values"]: item["counts"] for item in pc.value_counts(table["error_type"].drop_null()).to_pylist()}
+        counted = pc.value_counts(table["error_type"].drop_null()).to_pylist()
+        errors = {item["values"]: item["counts"] for item in counted}
         return cls(
             ok=ok,
             failed=table.num_rows - ok,
@@ -109,13 +110,12 @@ class RunRecord:
     def sample(self, slots: AdaptiveLimit | None) -> None:
         """Add a point to the timeline (the report's throughput, in-flight and error charts)."""
         t = self.this_run
-        self.timeline.add(round(self.elapsed(), 3), {
-            "in_flight": slots.in_flight if slots else 0, "limit": slots.current if slots else 0,
-            "requests": self.requests, "ok": t.ok, "failed": t.failed,
-            "rate_limited": self.attempt_errors.get("rate_limited", 0),
-            "server_error": self.attempt_errors.get("server_error", 0),
-            "timeout": self.attempt_errors.get("timeout", 0),
-        })  # fmt: skip
+        errors = self.attempt_errors
+        point = {"in_flight": slots.in_flight if slots else 0, "limit": slots.current if slots else 0,
+                 "requests": self.requests, "ok": t.ok, "failed": t.failed,
+                 "rate_limited": errors.get("rate_limited", 0), "server_error": errors.get("server_error", 0),
+                 "timeout": errors.get("timeout", 0)}  # fmt: skip
+        self.timeline.add(round(self.elapsed(), 3), point)
 
     def elapsed(self) -> float:
         return self.clock() - self.started

@@ -21,7 +21,7 @@ from pipeline.budget import (
 )
 from pipeline.config import load_config
 from pipeline.manifest import Manifest
-from pipeline.results import RunDir
+from pipeline.rundir import RunDir
 from pipeline.simulator import answer_for, usage_for
 from pipeline.tokens import estimate_prompt
 from pipeline.validate import validate

@@ -89,3 +89,13 @@ def test_when_results_cannot_be_written_the_summary_says_what_is_on_disk(tmp_pat
     assert (again.exit_code, again.ok, again.requests) == (0, 20, 0)
     assert len(pd.read_parquet(out / "results.parquet")) == 20
     assert server.stats()["requests"] == 20
+
+
+def test_the_library_refuses_a_run_without_a_key_as_the_cli_does(tmp_path: Path) -> None:
+    from pipeline import UsageError
+
+    manifest = write_csv(tmp_path / "m.csv", make_rows(2))
+    with pytest.raises(UsageError, match="no API key"):
+        run(manifest=str(manifest), out=str(tmp_path / "out"), base_url="https://gateway.invalid/v1",
+            progress="none")  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from pipeline.errors import ExitCode
@@ -31,4 +33,4 @@ def test_timeline_stays_bounded_and_keeps_the_first_point() -> None:
     points = t.points()
     assert len(points) < 10 and points[0]["t"] == 0.0
     assert [p["requests"] for p in points] == sorted(p["requests"] for p in points)
-    assert all(b["t"] - a["t"] == t.step for a, b in zip(points, points[1:], strict=False))
+    assert all(b["t"] - a["t"] == t.step for a, b in itertools.pairwise(points))
