@@ -47,7 +47,8 @@ async def upstream(call: Call) -> web.StreamResponse:
         delay = cfg.hang_s if hang else latency_for(cfg, call.digest, call.attempt)
         if delay > 0.0:
             await asyncio.sleep(delay)
-        return await respond(call)
+        # The common case skips respond(): one coroutine less per answer (the bench runs thousands a second).
+        return await (answer(call, None) if plan.is_ok else respond(call))
     except asyncio.CancelledError:
         if not call.request.get(DROPPED):
             st.cancelled += 1

@@ -5,8 +5,7 @@ truncation)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -18,9 +17,9 @@ from .responses import DONE, ERROR_IN_200_BODY
 MAX_DELTA_CHARS = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """One answer as the gateway reports it."""
+class Completion(NamedTuple):
+    """One answer as the gateway reports it (a NamedTuple: immutable, and built per
+    request at a fifth of a frozen dataclass's cost)."""
 
     id: str
     created: int
@@ -39,16 +38,13 @@ class Completion:
 def completion_body(c: Completion, fault: FaultKind | None) -> bytes:
     """The non-streaming body; ``empty_choices`` empties choices, ``truncated``/``stream_cut`` cut it in half."""
     choice = {"index": 0, "message": {"role": "assistant", "content": c.answer}, "finish_reason": c.finish}
-    payload = orjson.dumps(
-        {
-            "id": c.id,
-            "object": "chat.completion",
-            "created": c.created,
-            "model": c.model,
-            "choices": [] if fault is FaultKind.EMPTY_CHOICES else [choice],
-            "usage": c.usage(),
-        }
-    )
+    body = {"id": c.id, "object": "chat.completion", "created": c.created, "model": c.model, "choices": [choice],
+            "usage": c.usage()}  # fmt: skip
+    if fault is None:  # the common case first: no enum look-ups on the hot path
+        return orjson.dumps(body)
+    if fault is FaultKind.EMPTY_CHOICES:
+        body["choices"] = []
+    payload = orjson.dumps(body)
     if fault in (FaultKind.TRUNCATED, FaultKind.STREAM_CUT):
         return payload[: len(payload) // 2]
     return payload

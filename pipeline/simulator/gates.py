@@ -24,7 +24,7 @@ from .plan import OK_PLAN, Plan, plan_attempt
 from .state import State
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One chat request on its way through the gates (a working record, filled in gate by gate)."""
 
