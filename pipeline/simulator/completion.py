@@ -19,7 +19,7 @@ MAX_DELTA_CHARS = 4096
 
 class Completion(NamedTuple):
     """One answer as the gateway reports it (a NamedTuple: immutable, and built per
-    request at a fifth of a frozen dataclass's cost)."""
+    request at half a frozen dataclass's cost)."""
 
     id: str
     created: int
