@@ -62,11 +62,11 @@ def _when(text: str | None) -> str:
 
 def _verdict(d: ReportData) -> str:
     v = d.verdict
-    tone, said = _ENDED.get(v.ended or "", ("warn", "No _run.json: figures from the results only"))
+    tone, said = _ENDED.get(v.ended or "", ("warn", "No run ending recorded (a merge, or no _run.json)"))
     exit_text = f" · exit {v.exit_code}" if v.exit_code is not None else ""
     reason = f" · {fmt.esc(v.reason)}" if v.reason else ""
     figs = [
-        b.figure("ok", v.ok, fmt.count(v.ok), f"rows ok of {fmt.count(v.rows)}", "good"),
+        b.figure("ok", v.ok, fmt.count(v.ok), f"rows ok of {fmt.count(v.rows + (v.pending or 0))}", "good"),
         b.figure("failed", v.failed, fmt.count(v.failed), "rows failed", "bad" if v.failed else ""),
         b.figure("pending", v.pending, fmt.count(v.pending), "rows pending", "bad" if v.pending else ""),
         b.figure("cost_usd", v.cost_usd, fmt.money(v.cost_usd), "cost"),
