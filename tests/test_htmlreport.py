@@ -330,6 +330,7 @@ def test_report_command_compares_two_nights_as_diff_does(tmp_path: Path, sim: An
     assert float(figures["diff_cost_usd"]) == pytest.approx(d["cost_usd"]["delta"], rel=1e-9)
     assert float(figures["diff_failure_rate"]) == pytest.approx(d["failure_rate"]["delta"], rel=1e-12)
     assert "ok-&gt;failed 1" in target.read_text()  # status changes, as diff counts them
+    assert "What changed overnight?" in target.read_text()  # an example, with its question
     assert d["status_changes"] == {"ok->failed": 1}
 
 

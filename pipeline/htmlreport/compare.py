@@ -23,7 +23,6 @@ from . import arrow
 _COLUMNS = [
     "request_id",
     "file_url",
-    "question",
     "answer",
     "status",
     "prompt_tokens",
@@ -102,9 +101,21 @@ def _side(t: pa.Table, suffix: str) -> pa.Table:
         "request_id": t["request_id"],
         f"present{suffix}": pa.array([True] * t.num_rows, pa.bool_()),
     }
-    for name in ("question", "answer", "status"):
+    for name in ("answer", "status"):
         keep[f"{name}{suffix}"] = t[name] if name in t.column_names else pa.nulls(t.num_rows, pa.string())
     return pa.table(keep)
+
+
+def _with_questions(folder: Path, examples: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The examples with their question, read for those few ids only (a million questions
+    would double the memory of the comparison for five lines of the page)."""
+    path = folder / RESULTS_FILE if folder.is_dir() else folder
+    ids = [e["request_id"] for e in examples]
+    if not ids or "question" not in pq.read_schema(path).names:
+        return tuple({**e, "question": None} for e in examples)
+    found = pq.read_table(path, columns=["request_id", "question"], filters=[("request_id", "in", ids)])
+    questions = dict(zip(found["request_id"].to_pylist(), found["question"].to_pylist(), strict=True))
+    return tuple({**e, "question": questions.get(e["request_id"])} for e in examples)
 
 
 def compare(earlier: Path, this: Path) -> Comparison:
@@ -137,5 +148,5 @@ def compare(earlier: Path, this: Path) -> Comparison:
         tokens=Delta(_tokens(ta), _tokens(tb)),
         cost_usd=Delta(_cost(ta), _cost(tb)),
         failure_rate=Delta(_failure_rate(ta), _failure_rate(tb)),
-        examples=tuple(examples.select(["request_id", "question_b", "answer_a", "answer_b"]).to_pylist()),
+        examples=_with_questions(this, examples.select(["request_id", "answer_a", "answer_b"]).to_pylist()),
     )

@@ -49,7 +49,7 @@ def comparison(c: Comparison) -> str:
          fmt.signed(c.failure_rate.delta, "percent")],
     ]  # fmt: skip
     moves = ", ".join(f"{k} {n}" for k, n in sorted(c.status_changes.items())) or "none"
-    examples = [[b.cell(e["request_id"], 40), b.cell(e["question_b"], 80), b.cell(e["answer_a"], 160),
+    examples = [[b.cell(e["request_id"], 40), b.cell(e["question"], 80), b.cell(e["answer_a"], 160),
                  b.cell(e["answer_b"], 160)] for e in c.examples]  # fmt: skip
     body = (
         f'<div class="figs">{"".join(figs)}</div>'
