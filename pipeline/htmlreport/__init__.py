@@ -2,12 +2,15 @@
 
 ::
 
-    data.py      the figures, aggregated with pyarrow from results.parquet and _run.json
-    timeline.py  throughput, in-flight and failed attempts on one time axis
-    compare.py   night over night: what changed since an earlier folder (as ``docpipe diff``)
+    data.py      reads the folder (narrow columns for every row) into ReportData
+    figures.py   verdict (= docpipe summary --json), latency histogram, attempts, groups of --by
+    rows.py      slowest and failed rows, examples per error type (long strings read for those rows only)
+    timeline.py  throughput, in flight and failed attempts on one time axis
+    compare.py   night over night: what changed since an earlier folder (= docpipe diff)
     notes.py     "what to look at": plain sentences from the figures
     charts.py    inline SVG charts (no script)
-    page.py      the HTML page; style.py its inline stylesheet; fmt.py number formatting
+    page.py      the HTML page, with cards.py (chart panels), tables.py, blocks.py, style.py, fmt.py
+    arrow.py     the few pyarrow.compute steps, typed
     synthetic.py a results folder of any size, for the bench and the tests
 
 Use :func:`write_report` (what ``docpipe report`` and the end of every run call).
