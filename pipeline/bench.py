@@ -397,6 +397,27 @@ def _judge(name: str, runs: dict[str, RunResult]) -> list[Check]:
     return []
 
 
+#: Not a run: the HTML report of a synthetic 1 000 000-row folder (issue 14), see :func:`measure_report`.
+REPORT_SCENARIO = "report-1m"
+ALL_SCENARIOS = [*SCENARIOS, REPORT_SCENARIO]
+
+
+def measure_report(work: Path, rows: int = 1_000_000) -> ScenarioResult:
+    """``docpipe report`` of a synthetic ``rows``-row folder in its own process: wall time
+    (imports included) and the page's size, against the issue's 10 s and 5 MB."""
+    from .htmlreport.synthetic import write_synthetic
+
+    folder = write_synthetic(work / REPORT_SCENARIO, rows)
+    cmd = [sys.executable, "-m", "pipeline.cli", "report", str(folder), "--by", "category"]
+    code, wall, _usage = run_client(cmd, work / "report.err")
+    page = folder / "report.html"
+    size_mb = page.stat().st_size / 1e6 if code == 0 and page.exists() else float("inf")
+    return ScenarioResult(REPORT_SCENARIO, {}, [
+        Check(f"render s ({rows} rows)", round(wall, 2), "<= 10", wall <= 10.0),
+        Check("report.html MB", round(size_mb, 3), "<= 5", size_mb <= 5.0),
+    ])  # fmt: skip
+
+
 def run_scenarios(names: list[str], work: Path, *, profile: Path | None = None,
                   echo: Any = None) -> list[ScenarioResult]:  # fmt: skip
     """Measure the named scenarios one after the other (the machine has few cores:
@@ -404,6 +425,11 @@ def run_scenarios(names: list[str], work: Path, *, profile: Path | None = None,
     done: dict[RunSpec, RunResult] = {}
     results = []
     for name in names:
+        if name == REPORT_SCENARIO:
+            if echo:
+                echo(f"bench: {name}: report of a synthetic 1000000-row folder ...")
+            results.append(measure_report(work))
+            continue
         runs = {}
         for label, spec in SCENARIOS[name].items():
             if spec not in done:

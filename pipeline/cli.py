@@ -425,6 +425,32 @@ def diff(out_a: str, out_b: str, out_changed: str | None, key: str, as_json: boo
     click.echo(_dumps(report) if as_json else format_diff(report))
 
 
+@main.command("report")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_b", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--html", type=click.Path(dir_okay=False), help="Write the page here [default: OUT/report.html].")
+@click.option("--by", metavar="COLUMN", help="Column to break tokens and cost down by, e.g. a passthrough column [default: model].")
+@_errors
+def report_command(out: str, out_b: str | None, html: str | None, by: str | None) -> None:
+    """Write a one-page HTML report of OUT: verdict, charts, errors, slowest and failed rows.
+
+    The page is one self-contained file (inline SVG, no script, nothing fetched):
+    it opens from a mail attachment or a bucket. Every run writes OUT/report.html
+    at its end; this command makes it again, from the folder alone. With OUT_B (an
+    earlier folder, e.g. last night's) it also shows what changed since, as
+    `docpipe diff OUT_B OUT` does.
+
+    \b
+    Examples:
+      docpipe report out/tonight
+      docpipe report out/tonight out/last-night --by category --html /tmp/night.html
+    """
+    from .htmlreport import write_report
+
+    path = write_report(Path(out), Path(out_b) if out_b else None, by=by, html=Path(html) if html else None)
+    click.echo(str(path))
+
+
 @main.command()
 @click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "target", required=True, type=click.Path(file_okay=False),
@@ -498,7 +524,7 @@ def quota(as_json: bool, **opts: Any) -> None:
 @main.command()
 @click.option("--scenario", "scenarios", multiple=True,
               type=click.Choice(["all", "little-100", "little-1000", "faults", "cpu", "memory", "resume",
-                                 "compaction"]),
+                                 "compaction", "report-1m"]),
               help="Run a predefined target scenario (repeatable; 'all' for every one).")  # fmt: skip
 @click.option("--rows", type=click.IntRange(1), default=10000, show_default=True, help="Manifest rows (custom run).")
 @click.option("--latency", type=click.FloatRange(min=0), default=0.2, show_default=True,
@@ -544,7 +570,7 @@ def bench(scenarios: tuple[str, ...], rows: int, latency: float, concurrency: in
     with b.work_dir(work_dir) as work:
         prof = Path(profile) if profile else None
         if scenarios:
-            names = list(b.SCENARIOS) if "all" in scenarios else list(dict.fromkeys(scenarios))
+            names = list(b.ALL_SCENARIOS) if "all" in scenarios else list(dict.fromkeys(scenarios))
             results = b.run_scenarios(names, work, profile=prof, echo=lambda s: click.echo(s, err=True))
         else:
             kinds = tuple(k.strip() for k in fault_kinds.split(",") if k.strip()) if fault_kinds else b.DEFAULT_FAULTS

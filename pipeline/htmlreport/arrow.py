@@ -1,0 +1,53 @@
+"""The few pyarrow.compute steps the report repeats, returning plain Python values.
+
+Why wrappers: pyarrow-stubs type the kernels by overloads that do not cover a
+column compared with a Python ``str`` or a boolean mask with nulls filled, so
+the columns come in as ``Any`` here and leave as ``int``/``dict``/``list``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def equal(column: Any, value: str) -> Any:
+    """A boolean mask: ``column == value`` (null where the column is null)."""
+    return pc.equal(column, pa.scalar(value))
+
+
+def filled(values: Any, value: Any = False) -> Any:
+    """``values`` with nulls replaced by ``value`` (by default: a boolean mask without nulls)."""
+    return pc.fill_null(values, value)
+
+
+def count_true(values: Any) -> int:
+    """How many values of a boolean mask are true (nulls are not)."""
+    return int(pc.sum(pc.cast(values, pa.int64())).as_py() or 0)
+
+
+def total(column: Any) -> Any:
+    """The sum of a numeric column as a Python number, None when every value is null."""
+    return pc.sum(column).as_py()
+
+
+def value_counts(column: Any) -> dict[Any, int]:
+    """Non-null values and how often each occurs."""
+    return {c["values"]: int(c["counts"]) for c in pc.value_counts(column.drop_null()).to_pylist()}
+
+
+def first_true(values: Any, n: int) -> list[int]:
+    """Positions of the first ``n`` true values of a boolean mask (nulls count as false),
+    scanning chunk by chunk so a million-row mask with early hits stops early."""
+    found: list[int] = []
+    offset = 0
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    for chunk in chunks:
+        hits = pc.indices_nonzero(filled(chunk)).slice(0, n - len(found)).to_pylist()
+        found += [offset + int(i) for i in hits]
+        offset += len(chunk)
+        if len(found) >= n:
+            break
+    return found
