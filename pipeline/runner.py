@@ -147,19 +147,32 @@ class Run:
         if self.progress is not None:
             self.progress.close(self.record.snapshot(self.pacer.slots))
         self._write_info(summary)
+        self._write_report()
         return summary
+
+    def _write_report(self) -> None:
+        """OUT/report.html after every run that got this far (also an aborted one): a
+        convenience, so a failure to draw it never changes the run's outcome."""
+        try:
+            from .htmlreport import write_report
+
+            write_report(self.run_dir.path)
+        except Exception as e:
+            log.warning("could not write %s/report.html: %s", self.run_dir.path, e)
+            log.debug("report failure", exc_info=True)
 
     async def _compact(self, manifest: Manifest) -> str | None:
         """Rebuild results.parquet unless it is current; its path, or None when it could not be written."""
         results = str(self.run_dir.results)
-        if self._results_current(manifest):
+        written = self.journal.written if self.journal is not None else 0
+        if not written and results_current(self.run_dir, self.cfg, manifest):
             return results
         try:
             t0 = time.monotonic()
             release_memory()  # the pool's buffers are garbage now; compaction's peak should not stack on them
             await asyncio.to_thread(compact, self.run_dir, manifest)
             self.record.timings["compaction_s"] = round(time.monotonic() - t0, 4)
-            atomic_write_bytes(self.run_dir.journal / COMPACTED_MARK, json.dumps(self._fingerprint(manifest)).encode())
+            mark_results_current(self.run_dir, self.cfg, manifest)
         except OSError as e:
             self.stop.request(f"{results}: cannot write results: {e.strerror or e}; the answers are safe in the "
                               "journal, run the same command again to rebuild them")  # fmt: skip
@@ -201,27 +214,6 @@ class Run:
             self.run_dir.write_run_info(self.record.info(summary))
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)
-
-    # -- results freshness ---------------------------------------------------------
-
-    def _fingerprint(self, manifest: Manifest) -> dict[str, Any]:
-        st = os.stat(manifest.path)
-        cfg = self.cfg
-        return {"journal": [p.name for p in self.run_dir.parts()],
-                "manifest": [os.path.abspath(manifest.path), st.st_size, st.st_mtime_ns],
-                "scope": [cfg.limit, cfg.shard, cfg.model, cfg.system, dict(cfg.params), cfg.template,
-                          cfg.id_column, cfg.file_url_column, cfg.question_column]}  # fmt: skip
-
-    def _results_current(self, manifest: Manifest) -> bool:
-        """True when nothing was journaled and results.parquet already reflects this
-        manifest and journal: a resume with nothing to do skips compaction."""
-        if (self.journal is not None and self.journal.written) or not self.run_dir.results.exists():
-            return False
-        try:
-            mark = json.loads((self.run_dir.journal / COMPACTED_MARK).read_text())
-        except (OSError, ValueError):
-            return False
-        return bool(mark == json.loads(json.dumps(self._fingerprint(manifest))))
 
     # -- signals and background tasks ----------------------------------------------
 
@@ -301,6 +293,31 @@ class Run:
         while True:
             await asyncio.sleep(display.interval)
             display.update(self.record.snapshot(self.pacer.slots))
+
+
+def _fingerprint(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> dict[str, Any]:
+    """What results.parquet is built from: the journal's files, the manifest file, the scope."""
+    st = os.stat(manifest.path)
+    return {"journal": [p.name for p in run_dir.parts()],
+            "manifest": [os.path.abspath(manifest.path), st.st_size, st.st_mtime_ns],
+            "scope": [cfg.limit, cfg.shard, cfg.model, cfg.system, dict(cfg.params), cfg.template,
+                      cfg.id_column, cfg.file_url_column, cfg.question_column]}  # fmt: skip
+
+
+def results_current(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> bool:
+    """True when results.parquet already reflects this manifest, scope and journal: a
+    resume that journaled nothing skips compaction."""
+    if not run_dir.results.exists():
+        return False
+    try:
+        mark = json.loads((run_dir.journal / COMPACTED_MARK).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(mark == json.loads(json.dumps(_fingerprint(run_dir, cfg, manifest))))
+
+
+def mark_results_current(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> None:
+    atomic_write_bytes(run_dir.journal / COMPACTED_MARK, json.dumps(_fingerprint(run_dir, cfg, manifest)).encode())
 
 
 def _prior_counts(prior: Any, retry_failed: bool) -> Counts:

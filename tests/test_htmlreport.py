@@ -315,11 +315,12 @@ def test_report_command_compares_two_nights_as_diff_does(tmp_path: Path, sim: An
     manifest = _manifest(tmp_path, 42, r1="What changed overnight?", r5="[[sim:status=400]] now rejected")
     run(fast_config(manifest, second, server, **PRICES))
     target = tmp_path / "mail" / "night.html"
+    written_by_the_run = (second / REPORT_FILE).read_bytes()  # every run writes OUT/report.html
     proc = cli("report", str(second), str(first), "--by", "category", "--html", str(target))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(target) and not (second / REPORT_FILE).exists()
+    assert proc.stdout.strip() == str(target) and (second / REPORT_FILE).read_bytes() == written_by_the_run
     figures = _page_figures(target.read_text())
-    d = diff(first, second)
+    d = diff(first, second).to_dict()
     assert (
         (int(figures["diff_changed"]), int(figures["diff_new"]), int(figures["diff_gone"]))
         == (d["changed"], d["new"], d["gone"])
@@ -335,11 +336,12 @@ def test_report_command_compares_two_nights_as_diff_does(tmp_path: Path, sim: An
 
 
 def test_report_command_names_a_missing_column_and_exits_2(night: Path) -> None:
+    written_by_the_run = (night / REPORT_FILE).read_bytes()
     proc = cli("report", str(night), "--by", "departement")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'departement'" in lines[0] and "category" in lines[0], proc.stderr
-    assert not (night / REPORT_FILE).exists()
+    assert (night / REPORT_FILE).read_bytes() == written_by_the_run  # left as the run wrote it
 
 
 def test_report_of_a_folder_that_is_not_an_output_folder_is_exit_2(tmp_path: Path) -> None:
@@ -350,7 +352,7 @@ def test_report_of_a_folder_that_is_not_an_output_folder_is_exit_2(tmp_path: Pat
 def test_report_is_made_from_the_journal_when_results_are_missing(night: Path) -> None:
     (night / "results.parquet").unlink()  # a run whose compaction failed: the journal holds the outcomes
     figures = _page_figures(render_report(night))
-    s = summarize([night])
+    s = summarize([night]).to_dict()
     assert int(figures["rows"]) == s["rows"] and int(figures["failed"]) == s["failed_rows"]
     assert float(figures["p95"]) == pytest.approx(s["latency_ms"]["p95"], rel=1e-12)
 
@@ -372,7 +374,7 @@ def test_report_of_a_merged_folder_draws_from_the_rows_alone(night: Path, tmp_pa
 def test_figures_of_a_large_folder_equal_pandas(tmp_path: Path) -> None:
     folder = write_synthetic(tmp_path / "big", 30_000, seed=7)
     data = build(folder, by="category")
-    s = summarize([folder])
+    s = summarize([folder]).to_dict()
     v = data.verdict
     assert (v.rows, v.ok, v.failed) == (s["rows"], s["status"]["ok"], s["failed_rows"])
     assert (v.prompt_tokens, v.total_tokens) == (s["tokens"]["prompt"], s["tokens"]["total"])

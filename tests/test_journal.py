@@ -329,7 +329,6 @@ def test_unreadable_journal_line_is_set_aside_and_its_row_asked_again(tmp_path: 
     assert df["answer"][1] == answer_for("gpt-4o-all", "https://docs.example.com/1.pdf What is item 1?")
 
 
-@pytest.mark.skip(reason="enable after merging branch sim: needs the [[sim:answer_bytes=N]] directive")
 @pytest.mark.parametrize("size", [3 * MB, 20 * MB])
 def test_answers_of_megabytes_round_trip_through_a_real_run(tmp_path: Path, sim, size: int) -> None:
     server = sim()

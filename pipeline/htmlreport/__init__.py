@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..results import atomic_write_bytes
+from ..storage import atomic_write_bytes
 from .compare import Comparison
 from .compare import compare as compare_folders
 from .data import ReportData, build

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
-from ..results import RESULTS_FILE, latest_per_id
+from ..journal import latest_per_id
+from ..storage import RESULTS_FILE
 from . import arrow
 
 _COLUMNS = [

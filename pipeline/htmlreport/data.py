@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
-from ..results import JOURNAL_DIR, RESULTS_FILE, RunDir
+from ..rundir import RunDir
+from ..storage import JOURNAL_DIR, RESULTS_FILE
 from . import figures, rows
 from .figures import Group, Histogram, Verdict
 from .rows import ErrorType, RowSource

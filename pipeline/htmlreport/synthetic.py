@@ -17,7 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..results import RESULTS_FILE, ROW_GROUP_ROWS, RunDir, output_schema
+from ..rundir import RunDir
+from ..schema import output_schema
+from ..storage import RESULTS_FILE, ROW_GROUP_ROWS
 from . import arrow
 
 RUN_ID = "20261126T010000Z-5y47h3"
