@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -20,7 +21,8 @@ log = logging.getLogger("docpipe")
 class _Fail(click.ClickException):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
-        self.exit_code = code
+        # click declares exit_code on the class; each failure here carries its own documented code
+        self.exit_code = code  # type: ignore[misc]
 
     def show(self, file: Any = None) -> None:
         click.echo(f"docpipe: error: {self.format_message()}", err=True)
@@ -121,7 +123,9 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--job", metavar="FILE", help="TOML job file; flags override it."),
         click.option("--out", "out", metavar="DIR", help="Output folder (the run directory)."),
         click.option(
-            "--format", "manifest_format", type=click.Choice(MANIFEST_FORMATS),
+            "--format",
+            "manifest_format",
+            type=click.Choice(MANIFEST_FORMATS),
             help="Manifest format when the extension does not tell.",
         ),
         click.option("--base-url", metavar="URL", help=_BASE_URL_HELP),
@@ -132,7 +136,9 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--rpm", metavar="N", help="Requests per minute across the pool."),
         click.option("--tpm", metavar="N", help="Tokens per minute across the pool."),
         click.option(
-            "--fixed-concurrency", is_flag=True, default=None,
+            "--fixed-concurrency",
+            is_flag=True,
+            default=None,
             help="Keep --concurrency fixed instead of adapting to 429s and latency.",
         ),
         click.option("--max-attempts", metavar="N", help="Attempts per row [default: 6]."),
@@ -140,7 +146,8 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--connect-timeout", metavar="DURATION", help="To connect [default: 15 s]."),
         click.option("--row-budget", metavar="DURATION", help="Per row across retries [default: 900 s]."),
         click.option(
-            "--unreadable-retries", metavar="N",
+            "--unreadable-retries",
+            metavar="N",
             help="Retries when the answer says the file could not be read [default: 1].",
         ),
         click.option("--stream/--no-stream", default=None, help="Use SSE streaming."),
@@ -153,13 +160,15 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--shard", metavar="K/N", help="Take the K-th of N deterministic parts of the manifest."),
         click.option("--deadline", metavar="HH:MM", help="Stop dispatching at this local time (24 h); exit 3."),
         click.option(
-            "--max-runtime", metavar="DURATION",
+            "--max-runtime",
+            metavar="DURATION",
             help="Stop dispatching after this long (7h, 90m, 1h30m, 3600); exit 3.",
         ),
         click.option("--max-cost", metavar="USD", help="Budget in USD (needs prices in the job)."),
         click.option("--max-total-tokens", metavar="N", help="Budget in tokens."),
         click.option(
-            "--grace-period", metavar="DURATION",
+            "--grace-period",
+            metavar="DURATION",
             help="How long in-flight requests get after a stop [default: 30 s].",
         ),
         click.option("--progress", type=click.Choice(PROGRESS_MODES), help="Progress display."),
@@ -303,10 +312,8 @@ def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: fl
         click.echo(f"simulator listening on http://{host}:{bound}/v1", err=False)
         sys.stdout.flush()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a served simulator ends
         asyncio.run(serve(config, host, port, ready=ready))
-    except KeyboardInterrupt:
-        pass
 
 
 # ----------------------------------------------------------------------------- ops commands
@@ -403,8 +410,11 @@ def summary(outs: tuple[str, ...], as_json: bool) -> None:
 @main.command()
 @click.argument("out_a", type=click.Path(exists=True))
 @click.argument("out_b", type=click.Path(exists=True))
-@click.option("--out-changed", type=click.Path(dir_okay=False),
-              help="Write the changed rows (request_id, question, answer_a, answer_b) to this Parquet file.")
+@click.option(
+    "--out-changed",
+    type=click.Path(dir_okay=False),
+    help="Write the changed rows (request_id, question, answer_a, answer_b) to this Parquet file.",
+)
 @click.option("--key", type=click.Choice(["request_id", "content"]), default="request_id", show_default=True,
               help="Pair rows by request_id, or by file_url + question (runs with different models "
                    "and no id column).")  # fmt: skip
@@ -429,7 +439,11 @@ def diff(out_a: str, out_b: str, out_changed: str | None, key: str, as_json: boo
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 @click.argument("out_b", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--html", type=click.Path(dir_okay=False), help="Write the page here [default: OUT/report.html].")
-@click.option("--by", metavar="COLUMN", help="Column to break tokens and cost down by, e.g. a passthrough column [default: model].")
+@click.option(
+    "--by",
+    metavar="COLUMN",
+    help="Column to break tokens and cost down by, e.g. a passthrough column [default: model].",
+)
 @_errors
 def report_command(out: str, out_b: str | None, html: str | None, by: str | None) -> None:
     """Write a one-page HTML report of OUT: verdict, charts, errors, slowest and failed rows.
@@ -588,6 +602,7 @@ def bench(scenarios: tuple[str, ...], rows: int, latency: float, concurrency: in
     if as_json:
         click.echo(json_mod.dumps(b.to_json(results), indent=2))
     sys.exit(0 if all(r.passed for r in results) else 1)
+
 
 # ----------------------------------------------------------------------------- end of bench
 

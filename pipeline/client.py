@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -165,9 +165,7 @@ def parse_completion(status: int, headers: Mapping[str, str], body: bytes) -> Co
     )
 
 
-def parse_stream_events(
-    lines: Iterable[bytes], headers: Mapping[str, str], status: int = 200
-) -> Completion:
+def parse_stream_events(lines: Iterable[bytes], headers: Mapping[str, str], status: int = 200) -> Completion:
     """Assemble a Completion from SSE ``data:`` lines (already split)."""
     gid = headers.get(GATEWAY_ID_HEADER)
     kw: dict[str, Any] = {"http_status": status, "gateway_request_id": gid}
@@ -175,22 +173,7 @@ def parse_stream_events(
     finish: str | None = None
     usage: dict[str, Any] | None = None
     model = rid = None
-    for raw in lines:
-        line = raw.strip()
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            break
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise RetryableError("invalid JSON in a stream chunk", error_type="malformed_response", **kw) from None
-        if not isinstance(chunk, dict):
-            continue
-        if chunk.get("error"):
-            message, _t, _c = _error_fields(payload)
-            raise RetryableError(short(f"error inside a stream: {message}"), error_type="server_error", **kw)
+    for chunk in _stream_chunks(lines, kw):
         model = chunk.get("model") or model
         rid = chunk.get("id") or rid
         if isinstance(chunk.get("usage"), dict):
@@ -221,6 +204,27 @@ def parse_stream_events(
     )
 
 
+def _stream_chunks(lines: Iterable[bytes], kw: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of SSE ``data:`` lines up to ``[DONE]``; an error chunk or broken JSON raises."""
+    for raw in lines:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise RetryableError("invalid JSON in a stream chunk", error_type="malformed_response", **kw) from None
+        if not isinstance(chunk, dict):
+            continue
+        if chunk.get("error"):
+            message, _t, _c = _error_fields(payload)
+            raise RetryableError(short(f"error inside a stream: {message}"), error_type="server_error", **kw)
+        yield chunk
+
+
 def _int(v: Any) -> int | None:
     try:
         return None if v is None else int(v)
@@ -240,9 +244,7 @@ class AnswerCheck:
     def __call__(self, c: Completion) -> Completion:
         kw: dict[str, Any] = {"http_status": c.http_status, "gateway_request_id": c.gateway_request_id}
         if c.finish_reason == "content_filter":
-            raise RowFatalError(
-                short(f"content filter: {c.answer or 'no answer'}"), error_type="content_filter", **kw
-            )
+            raise RowFatalError(short(f"content filter: {c.answer or 'no answer'}"), error_type="content_filter", **kw)
         answer = (c.answer or "").strip()
         if not answer:
             raise UnreadableDocument("empty answer", **kw)

@@ -49,7 +49,9 @@ def _run_all(manifests: list[Path], out: Path, *, latency: float, fault_rate: fl
     )
     worst: int = ExitCode.OK
     with SimServer(sim).start() as server:
-        click.echo(f"simulated gateway at {server.url} (latency ~{latency:g} s, {fault_rate:.0%} of first attempts fail)")
+        click.echo(
+            f"simulated gateway at {server.url} (latency ~{latency:g} s, {fault_rate:.0%} of first attempts fail)"
+        )
         for path in manifests:
             target = out / path.stem
             cfg = load_config(
@@ -74,7 +76,7 @@ def _run_all(manifests: list[Path], out: Path, *, latency: float, fault_rate: fl
         stats = server.stats()
     click.echo(
         f"\nsimulator saw {stats['requests']} requests, at most {stats['max_in_flight']} at once; "
-        f"open the answers with: python -c \"import pandas as pd; "
+        f'open the answers with: python -c "import pandas as pd; '
         f"print(pd.read_parquet('{out / manifests[0].stem}/results.parquet')[['question','answer']])\""
     )
     return worst

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from .control import StopControl
 from .records import Failure, Outcome, Row, make_outcome
@@ -59,8 +60,9 @@ class Pool:
         workers = [asyncio.create_task(self._work()) for _ in range(self.concurrency)]
         all_done = asyncio.gather(*workers)
         stop_waiter = asyncio.create_task(self.stop.wait())
+        first_of: list[asyncio.Future[Any]] = [all_done, stop_waiter]
         try:
-            await asyncio.wait([all_done, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(first_of, return_when=asyncio.FIRST_COMPLETED)
             if self.stop.is_set:
                 producer.cancel()
                 self._drain()

@@ -172,6 +172,8 @@ def format_summary(s: RunSummary) -> str:
     if s.results_file is not None:
         lines.append(f"results: {s.results_file}")
     else:
-        lines.append(f"results: not written; {s.journal_outcomes} outcomes are safe in {s.out}/_journal, "
-                     "and the same command run again rebuilds results.parquet")
+        lines.append(
+            f"results: not written; {s.journal_outcomes} outcomes are safe in {s.out}/_journal, "
+            "and the same command run again rebuilds results.parquet"
+        )
     return "\n".join(lines)

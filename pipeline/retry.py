@@ -70,7 +70,7 @@ def _cap(seconds: float) -> float:
 def backoff(attempt: int, initial: float, maximum: float, rng: Callable[[], float] = random.random) -> float:
     """Full-jitter exponential back-off after the ``attempt``-th failure (1-based)."""
     ceiling = min(maximum, initial * (2 ** max(attempt - 1, 0)))
-    return ceiling * rng()
+    return float(ceiling * rng())
 
 
 def wait_for(error: BaseException | None, attempt: int, initial: float, maximum: float) -> float:

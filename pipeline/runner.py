@@ -323,9 +323,10 @@ def mark_results_current(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) ->
 def _prior_counts(prior: Any, retry_failed: bool) -> Counts:
     """What the folder already holds, as progress counts it (failed rows count as to do
     again under --retry-failed)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    ok = (pc.sum(pc.equal(prior["status"], "ok")).as_py() or 0) if prior.num_rows else 0
+    ok = (pc.sum(pc.equal(prior["status"], pa.scalar("ok"))).as_py() or 0) if prior.num_rows else 0
     failed = 0 if retry_failed else prior.num_rows - ok
     return Counts(ok=ok, failed=failed)
 

@@ -44,9 +44,10 @@ class Counts:
         """Counts of a table with the :data:`_COUNTED` columns."""
         if table.num_rows == 0:
             return cls()
-        ok = pc.sum(pc.equal(table["status"], Status.OK.value)).as_py() or 0
-        counted = pc.value_counts(table["error_type"].drop_null()).to_pylist()
-        errors = {item["values"]: item["counts"] for item in counted}
+        ok = int(pc.sum(pc.cast(pc.equal(table["status"], pa.scalar(Status.OK.value)), pa.int64())).as_py() or 0)
+        counted = pc.value_counts(table["error_type"].drop_null())
+        values, counts = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
+        errors = {str(k): int(v or 0) for k, v in zip(values, counts, strict=True)}
         return cls(
             ok=ok,
             failed=table.num_rows - ok,
@@ -111,7 +112,7 @@ class RunRecord:
         """Add a point to the timeline (the report's throughput, in-flight and error charts)."""
         t = self.this_run
         errors = self.attempt_errors
-        point = {"in_flight": slots.in_flight if slots else 0, "limit": slots.current if slots else 0,
+        point: dict[str, float] = {"in_flight": slots.in_flight if slots else 0, "limit": slots.current if slots else 0,
                  "requests": self.requests, "ok": t.ok, "failed": t.failed,
                  "rate_limited": errors.get("rate_limited", 0), "server_error": errors.get("server_error", 0),
                  "timeout": errors.get("timeout", 0)}  # fmt: skip
@@ -210,9 +211,14 @@ class RunRecord:
             "started_at": self.started_at.isoformat(),
             "ended_at": datetime.now(UTC).isoformat(),
             "manifest": self.cfg.manifest,
-            "this_run": {"requests": self.requests, "ok": t.ok, "failed": t.failed,
-                         "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
-                         "total_tokens": t.total_tokens},  # fmt: skip
+            "this_run": {
+                "requests": self.requests,
+                "ok": t.ok,
+                "failed": t.failed,
+                "prompt_tokens": t.prompt_tokens,
+                "completion_tokens": t.completion_tokens,
+                "total_tokens": t.total_tokens,
+            },
             "timings": dict(self.timings),
             "attempt_errors": dict(self.attempt_errors),
             "timeline": self.timeline.points(),

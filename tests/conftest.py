@@ -82,7 +82,9 @@ def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-def cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None, **popen: Any) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.CompletedProcess[str]:
     """Run ``docpipe ARGS`` in a real subprocess and wait for it."""
     popen.setdefault("cwd", ROOT)
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,

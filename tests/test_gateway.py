@@ -49,8 +49,10 @@ def test_adaptive_concurrency_finds_the_gateway_capacity(tmp_path: Path, sim) ->
     assert summary.exit_code == 0 and summary.ok == 1500
     late_requests = end["requests"] - marks["10s"]["requests"]
     late_429 = end["outcomes"].get("capacity_429", 0) - marks["10s"]["outcomes"].get("capacity_429", 0)
-    print(f"adaptive: late 429 share {late_429}/{late_requests}, final concurrency {summary.concurrency_final}, "
-          f"max in flight after 10 s {end['max_in_flight_window']}")
+    print(
+        f"adaptive: late 429 share {late_429}/{late_requests}, final concurrency {summary.concurrency_final}, "
+        f"max in flight after 10 s {end['max_in_flight_window']}"
+    )
     assert late_requests > 300
     assert late_429 / late_requests < 0.05, (late_429, late_requests)
     assert 30 <= summary.concurrency_final <= 50
