@@ -271,6 +271,16 @@ def test_random_mix_is_seeded_per_attempt() -> None:
     assert all(fault_for(BASE, MODEL, r, 1) is None for r in rows)
 
 
+def test_a_kind_listed_twice_is_drawn_twice_as_often() -> None:
+    # the bench's unkind mix: 429 four times beside eight other kinds is a third of the faults
+    others = ("500", "502_html", "503", "524_html", "hang", "disconnect", "truncated", "empty_choices")
+    cfg = SimConfig(fault_rate=1.0, fault_kinds=("429",) * 4 + others)
+    assert cfg.fault_kinds.count("429") == 4 and SimConfig.from_dict(cfg.to_dict()) == cfg
+    drawn = [fault_for(cfg, MODEL, f"row {i}", 1) for i in range(3000)]
+    assert 850 <= drawn.count("429") <= 1150
+    assert all(drawn.count(k) < drawn.count("429") / 2 for k in others)
+
+
 def test_latency_jitter_is_deterministic_and_bounded() -> None:
     assert latency_for(SimConfig(latency_s=0.2), key_digest(MODEL, "x"), 1) == 0.2
     cfg = SimConfig(latency_s=0.2, latency_jitter=0.5)
@@ -336,6 +346,41 @@ def test_state_counters_with_injected_clock() -> None:
     st.count("500")
     st.reset()
     assert st.snapshot()["requests"] == 0 and st.outcomes["500"] == 0 and st.t0 == 101.5 and not st.attempts
+
+
+def test_timeline_counts_outcomes_per_second() -> None:
+    now = [10.0]
+    st = State(BASE, clock=lambda: now[0])
+    st.count("ok")
+    now[0] = 10.9
+    st.count("capacity_429")
+    now[0] = 13.2  # nothing decided in seconds 1 and 2
+    st.count("ok")
+    assert st.snapshot()["timeline"] == [{"ok": 1, "capacity_429": 1}, {}, {}, {"ok": 1}]
+    assert st.outcomes["ok"] == 2
+    st.reset()
+    assert st.snapshot()["timeline"] == []
+
+
+def test_retry_after_kept_or_violated_with_injected_clock() -> None:
+    now = [0.0]
+    st = State(BASE, clock=lambda: now[0])
+    assert st.snapshot()["retry_after"] == {"sent": 0, "checked": 0, "violations": 0, "pending": 0,
+                                            "min_slack_s": None}  # fmt: skip
+    st.retry_after_sent(1, 1.0)
+    st.retry_after_sent(2, 1.0)
+    st.retry_after_sent(3, 1.0)
+    now[0] = 0.9985  # within the event-loop timer tolerance: honoured
+    st.check_retry_after(1)
+    now[0] = 0.5  # half a second early (clock set back only to build the case)
+    st.check_retry_after(2)
+    st.check_retry_after(4)  # never told to wait: not checked
+    ra = st.snapshot()["retry_after"]
+    assert (ra["sent"], ra["checked"], ra["violations"], ra["pending"]) == (3, 2, 1, 1)
+    assert ra["min_slack_s"] == -0.5
+    now[0] = 5.0
+    st.check_retry_after(2)  # its due time was consumed by the early retry
+    assert st.snapshot()["retry_after"]["checked"] == 2
 
 
 # ================================================================== gates (over HTTP)
@@ -590,6 +635,28 @@ def test_directive_retry_after_then_success(sim: SimServer) -> None:
     assert status == 200
     assert orjson.loads(raw)["choices"][0]["message"]["content"] == answer_for(MODEL, content)
     assert outcomes(sim) == {"429": 1, "ok": 1}
+
+
+def test_early_retry_after_a_retry_after_429_is_a_violation(sim: SimServer) -> None:
+    sim.update(fault_rate=1.0, fault_kinds=("429", "429_empty"), fault_attempts=1, retry_after_s=60.0)
+    rows = [f"ra {i}" for i in range(12)]
+    first = [fault_for(sim.config, MODEL, r, 1) for r in rows]
+    assert {"429", "429_empty"} == set(first)
+    assert statuses(sim, *rows) == [429] * 12
+    assert statuses(sim, *rows) == [200] * 12  # at once, not 60 s later
+    ra = sim.stats()["retry_after"]
+    # only the 429s that carried Retry-After are owed a wait
+    assert ra["sent"] == ra["checked"] == ra["violations"] == first.count("429")
+    assert ra["pending"] == 0 and ra["min_slack_s"] < -50
+
+
+def test_retry_after_zero_is_never_violated(sim: SimServer) -> None:
+    content = "doc [[sim:retry_after=0]]"
+    assert statuses(sim, content, content) == [429, 200]
+    ra = sim.stats()["retry_after"]
+    assert (ra["sent"], ra["checked"], ra["violations"]) == (1, 1, 0) and ra["min_slack_s"] >= 0
+    # every decision is in the timeline too
+    assert sum(sum(b.values()) for b in sim.stats()["timeline"]) == sim.stats()["requests"] == 2
 
 
 def test_directive_fault_times_then_success(sim: SimServer) -> None:

@@ -56,6 +56,9 @@ error object in a 200 body or as the first stream event); ``stream_cut`` (the id
 cut-off: the stream ends with ``[DONE]`` but no ``finish_reason``; half a body when
 not streaming); ``quota_401``, ``quota_403``, ``no_channel`` (run-fatal, never in the
 default mix). The default mix is every kind but the run-fatal ones and ``stream_cut``.
+The random mix draws a kind uniformly from the ``fault_kinds`` list, so a kind listed
+n times is drawn n times as often: ``429`` four times beside eight other kinds makes a
+third of the faults 429s with Retry-After.
 429s, quota and no-channel are answered at once (no latency, no in-flight slot).
 
 Directives (in the user content; they replace the random fault mix for that request)

@@ -122,6 +122,7 @@ def fault(call: Call) -> web.StreamResponse | None:
     call.digest = key_digest(call.model, call.content)
     call.key = int.from_bytes(call.digest, "big")
     call.attempt = st.next_attempt(call.key)
+    st.check_retry_after(call.key)
     try:
         call.plan = plan_attempt(call.config, call.content, call.digest, call.attempt)
     except ValueError as exc:
@@ -141,6 +142,8 @@ def immediate_response(call: Call) -> web.Response:
         header = plan.retry_after
         if header is None and cfg.retry_after_s is not None:
             header = r.fmt_seconds(cfg.retry_after_s)
+        if header is not None:
+            call.state.retry_after_sent(call.key, float(header))
         return r.rate_limited(header)
     if kind is FaultKind.RATE_LIMITED_EMPTY:
         return r.rate_limited(None)

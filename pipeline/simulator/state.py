@@ -9,6 +9,17 @@ one decision per chat request received (``ok`` = decided to succeed);
 delivered (a completed "hang" counts there too; a request whose client went away
 first does not: it is counted in ``cancelled``). ``in_flight`` counts accepted
 requests (past the RPM gate, not answered by the gateway itself) not yet answered.
+
+``timeline`` is the gateway's per-second view: entry *i* counts the outcomes decided
+in second *i* after the reset (only non-zero ones), so a second in which a client sent
+nothing, or the share of 429s after a warm-up, can be read off it.
+
+``retry_after``: each random-mix or directive 429 that carries ``Retry-After`` (not the
+RPM gate's: that one is about the key, not a row) notes when its row may come back;
+the row's next attempt that reaches the fault gate is checked against it. ``sent``
+counts such 429s, ``checked`` the retries seen, ``violations`` the retries that came
+more than ``RETRY_AFTER_TOLERANCE_S`` early, ``min_slack_s`` the smallest (arrival -
+allowed time) seen, negative when a retry came early.
 """
 
 from __future__ import annotations
@@ -29,6 +40,9 @@ from .kinds import FAULT_KINDS
 
 _REQUEST_TIMES_KEPT = 200_000
 _RPM_WINDOW_S = 60.0
+#: Event-loop timers are not exact (libuv, so uvloop, counts whole milliseconds from a
+#: time cached per loop iteration): a retry this much early still honoured Retry-After.
+RETRY_AFTER_TOLERANCE_S = 0.005
 #: Outcomes the gates count besides "ok" and the fault kinds.
 GATE_OUTCOMES = ("401", "400", "quota", "no_channel", "capacity_429", "rpm_429")
 
@@ -80,6 +94,10 @@ class State:
         self.request_times: collections.deque[float] = collections.deque(maxlen=_REQUEST_TIMES_KEPT)
         self.rpm_window = RpmWindow()
         self.bodies: list[Any] = []
+        self.timeline: list[dict[str, int]] = []
+        # key -> the earliest time its next attempt may arrive (a Retry-After 429 was sent)
+        self.retry_due: dict[int, float] = {}
+        self.retry_after: dict[str, float] = {}
         self.reset()
 
     def set_config(self, config: SimConfig) -> None:
@@ -104,6 +122,9 @@ class State:
         self.request_times = collections.deque(maxlen=_REQUEST_TIMES_KEPT)
         self.rpm_window = RpmWindow()
         self.bodies = []
+        self.timeline = []
+        self.retry_due = {}
+        self.retry_after = {"sent": 0, "checked": 0, "violations": 0, "min_slack_s": math.inf}
 
     def reset_window(self) -> None:
         """Start a new max-in-flight window (``POST /_sim/stats/window``)."""
@@ -119,8 +140,31 @@ class State:
         self.request_times.append(self.clock() - self.t0)
 
     def count(self, outcome: str) -> None:
-        """Count one decision under ``outcome``."""
+        """Count one decision under ``outcome``, in the totals and in its second of the timeline."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        second = int(self.clock() - self.t0)
+        timeline = self.timeline
+        while len(timeline) <= second:
+            timeline.append({})
+        bucket = timeline[second]
+        bucket[outcome] = bucket.get(outcome, 0) + 1
+
+    def retry_after_sent(self, key: int, seconds: float) -> None:
+        """A 429 telling request ``key`` to wait ``seconds`` is being sent now."""
+        self.retry_due[key] = self.clock() + seconds
+        self.retry_after["sent"] += 1
+
+    def check_retry_after(self, key: int) -> None:
+        """An attempt of request ``key`` arrived: was it told to wait, and did it?"""
+        due = self.retry_due.pop(key, None)
+        if due is None:
+            return
+        slack = self.clock() - due
+        ra = self.retry_after
+        ra["checked"] += 1
+        ra["min_slack_s"] = min(ra["min_slack_s"], slack)
+        if slack < -RETRY_AFTER_TOLERANCE_S:
+            ra["violations"] += 1
 
     def enter(self) -> None:
         """A request starts its upstream phase."""
@@ -146,6 +190,7 @@ class State:
 
     def snapshot(self) -> dict[str, Any]:
         """The stats as a JSON-ready dict."""
+        slack = self.retry_after["min_slack_s"]
         return {
             "requests": self.requests,
             "in_flight": self.in_flight,
@@ -160,6 +205,15 @@ class State:
             "completion_tokens": self.completion_tokens,
             "distinct_keys": len(self.attempts),
             "request_times": list(self.request_times),
+            "timeline": [dict(b) for b in self.timeline],
+            "retry_after": {
+                "sent": int(self.retry_after["sent"]),
+                "checked": int(self.retry_after["checked"]),
+                "violations": int(self.retry_after["violations"]),
+                "pending": len(self.retry_due),
+                # JSON has no infinity: None until a retry was checked
+                "min_slack_s": None if math.isinf(slack) else round(slack, 4),
+            },
         }
 
 
