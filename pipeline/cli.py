@@ -538,7 +538,8 @@ def quota(as_json: bool, **opts: Any) -> None:
 @main.command()
 @click.option("--scenario", "scenarios", multiple=True,
               type=click.Choice(["all", "little-100", "little-1000", "faults", "cpu", "memory", "resume",
-                                 "compaction", "report-1m"]),
+                                 "compaction", "faults-unkind", "random-429", "capacity", "startup", "memory-10k",
+                                 "report-1m"]),
               help="Run a predefined target scenario (repeatable; 'all' for every one).")  # fmt: skip
 @click.option("--rows", type=click.IntRange(1), default=10000, show_default=True, help="Manifest rows (custom run).")
 @click.option("--latency", type=click.FloatRange(min=0), default=0.2, show_default=True,
@@ -548,6 +549,12 @@ def quota(as_json: bool, **opts: Any) -> None:
               help="Share of first attempts the simulator fails.")  # fmt: skip
 @click.option("--fault-kinds", default=None, help="Comma-separated fault kinds [default: hang,429,truncated,...].")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=None, help="Client --timeout (seconds per attempt).")
+@click.option("--fault-attempts", type=click.IntRange(1), default=1, show_default=True,
+              help="Attempts of a row that may draw a fault.")  # fmt: skip
+@click.option("--retry-after", type=click.FloatRange(min=0), default=None,
+              help="Retry-After seconds on the '429' fault kind [default: none, empty body].")  # fmt: skip
+@click.option("--capacity", type=click.IntRange(1), default=None, help="Simulator's in-flight cap (429 above it).")
+@click.option("--adaptive", is_flag=True, help="Let the client adapt its concurrency (no --fixed-concurrency).")
 @click.option("--resume-check", is_flag=True, help="Run the same command again and time it to 'nothing to do'.")
 @click.option("--row-group-rows", type=click.IntRange(1), default=None,
               help="Manifest row group size [default: pyarrow's].")  # fmt: skip
@@ -557,7 +564,8 @@ def quota(as_json: bool, **opts: Any) -> None:
               help="Keep manifests and run folders here instead of a temp folder.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def bench(scenarios: tuple[str, ...], rows: int, latency: float, concurrency: int, fault_rate: float,
-          fault_kinds: str | None, timeout: float | None, resume_check: bool, row_group_rows: int | None,
+          fault_kinds: str | None, timeout: float | None, fault_attempts: int, retry_after: float | None,
+          capacity: int | None, adaptive: bool, resume_check: bool, row_group_rows: int | None,
           profile: str | None, work_dir: str | None, as_json: bool) -> None:  # fmt: skip
     """Measure the real run path against the simulator, each in its own process.
 
@@ -570,6 +578,7 @@ def bench(scenarios: tuple[str, ...], rows: int, latency: float, concurrency: in
     Examples:
       docpipe bench --rows 2000 --latency 0.1 --concurrency 100
       docpipe bench --scenario little-100 --scenario faults
+      docpipe bench --rows 6000 --concurrency 200 --capacity 40 --adaptive
       docpipe bench --scenario all --json > bench.json
     """
     import json as json_mod
@@ -590,7 +599,8 @@ def bench(scenarios: tuple[str, ...], rows: int, latency: float, concurrency: in
             kinds = tuple(k.strip() for k in fault_kinds.split(",") if k.strip()) if fault_kinds else b.DEFAULT_FAULTS
             spec = b.RunSpec(rows=rows, latency=latency, concurrency=concurrency, fault_rate=fault_rate,
                              fault_kinds=kinds, timeout=timeout, resume_check=resume_check,
-                             row_group_rows=row_group_rows)  # fmt: skip
+                             row_group_rows=row_group_rows, fixed_concurrency=not adaptive,
+                             fault_attempts=fault_attempts, retry_after_s=retry_after, capacity=capacity)  # fmt: skip
             results = [b.run_custom(spec, work, profile=prof)]
     for res in results:
         for label, r in res.runs.items():
