@@ -151,14 +151,14 @@ class Run:
         return summary
 
     def _write_report(self) -> None:
-        """OUT/report.html after every run that got this far (also an aborted one): a
+        """OUT/_report.html after every run that got this far (also an aborted one): a
         convenience, so a failure to draw it never changes the run's outcome."""
         try:
             from .htmlreport import write_report
 
             write_report(self.run_dir.path)
         except Exception as e:
-            log.warning("could not write %s/report.html: %s", self.run_dir.path, e)
+            log.warning("could not write %s/_report.html: %s", self.run_dir.path, e)
             log.debug("report failure", exc_info=True)
 
     async def _compact(self, manifest: Manifest) -> str | None:
