@@ -116,66 +116,69 @@ _API_KEY_FILE_HELP = "File whose first line is the API key (kept out of `ps`)."
 _BASE_URL_HELP = "Gateway base URL [default: $OPENAI_BASE_URL, else https://api.apicore.ai/v1]."
 
 
+#: The options of run and validate (see :func:`run_options`).
+_RUN_OPTIONS = [
+    click.option("--job", metavar="FILE", help="TOML job file; flags override it."),
+    click.option("--out", "out", metavar="DIR", help="Output folder (the run directory)."),
+    click.option(
+        "--format",
+        "manifest_format",
+        type=click.Choice(MANIFEST_FORMATS),
+        help="Manifest format when the extension does not tell.",
+    ),
+    click.option("--base-url", metavar="URL", help=_BASE_URL_HELP),
+    click.option("--model", help="Model to ask [default: gpt-4o-all]."),
+    click.option("--api-key", metavar="KEY", help=_API_KEY_HELP),
+    click.option("--api-key-file", metavar="PATH", help=_API_KEY_FILE_HELP),
+    click.option("--concurrency", metavar="N", help="Most requests in flight [default: 16]."),
+    click.option("--rpm", metavar="N", help="Requests per minute across the pool."),
+    click.option("--tpm", metavar="N", help="Tokens per minute across the pool."),
+    click.option(
+        "--fixed-concurrency",
+        is_flag=True,
+        default=None,
+        help="Keep --concurrency fixed instead of adapting to 429s and latency.",
+    ),
+    click.option("--max-attempts", metavar="N", help="Attempts per row [default: 6]."),
+    click.option("--timeout", metavar="DURATION", help="Per attempt, e.g. 180, 3m [default: 180 s]."),
+    click.option("--connect-timeout", metavar="DURATION", help="To connect [default: 15 s]."),
+    click.option("--row-budget", metavar="DURATION", help="Per row across retries [default: 900 s]."),
+    click.option(
+        "--unreadable-retries",
+        metavar="N",
+        help="Retries when the answer says the file could not be read [default: 1].",
+    ),
+    click.option("--stream/--no-stream", default=None, help="Use SSE streaming."),
+    click.option("--temperature", metavar="T", help="Generation temperature (0-2)."),
+    click.option("--max-tokens", metavar="N", help="max_tokens sent with each request."),
+    click.option("--system", help="System message."),
+    click.option("--template", help="User message template, e.g. '{file_url} {question}'."),
+    click.option("--retry-failed", is_flag=True, default=None, help="Also re-send rows that failed before."),
+    click.option("--limit", metavar="N", help="Only the first N manifest rows."),
+    click.option("--shard", metavar="K/N", help="Take the K-th of N deterministic parts of the manifest."),
+    click.option("--deadline", metavar="HH:MM", help="Stop dispatching at this local time (24 h); exit 3."),
+    click.option(
+        "--max-runtime",
+        metavar="DURATION",
+        help="Stop dispatching after this long (7h, 90m, 1h30m, 3600); exit 3.",
+    ),
+    click.option("--max-cost", metavar="USD", help="Budget in USD (needs prices in the job)."),
+    click.option("--max-total-tokens", metavar="N", help="Budget in tokens."),
+    click.option(
+        "--grace-period",
+        metavar="DURATION",
+        help="How long in-flight requests get after a stop [default: 30 s].",
+    ),
+    click.option("--progress", type=click.Choice(PROGRESS_MODES), help="Progress display."),
+    click.option("--progress-interval", metavar="DURATION", help="Between progress log lines [default: 30 s]."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
+]
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options of run and validate. Values go to JobConfig as given: it parses and
     checks every one (types, ranges, durations, HH:MM, K/N), so they are untyped here."""
-    options = [
-        click.option("--job", metavar="FILE", help="TOML job file; flags override it."),
-        click.option("--out", "out", metavar="DIR", help="Output folder (the run directory)."),
-        click.option(
-            "--format",
-            "manifest_format",
-            type=click.Choice(MANIFEST_FORMATS),
-            help="Manifest format when the extension does not tell.",
-        ),
-        click.option("--base-url", metavar="URL", help=_BASE_URL_HELP),
-        click.option("--model", help="Model to ask [default: gpt-4o-all]."),
-        click.option("--api-key", metavar="KEY", help=_API_KEY_HELP),
-        click.option("--api-key-file", metavar="PATH", help=_API_KEY_FILE_HELP),
-        click.option("--concurrency", metavar="N", help="Most requests in flight [default: 16]."),
-        click.option("--rpm", metavar="N", help="Requests per minute across the pool."),
-        click.option("--tpm", metavar="N", help="Tokens per minute across the pool."),
-        click.option(
-            "--fixed-concurrency",
-            is_flag=True,
-            default=None,
-            help="Keep --concurrency fixed instead of adapting to 429s and latency.",
-        ),
-        click.option("--max-attempts", metavar="N", help="Attempts per row [default: 6]."),
-        click.option("--timeout", metavar="DURATION", help="Per attempt, e.g. 180, 3m [default: 180 s]."),
-        click.option("--connect-timeout", metavar="DURATION", help="To connect [default: 15 s]."),
-        click.option("--row-budget", metavar="DURATION", help="Per row across retries [default: 900 s]."),
-        click.option(
-            "--unreadable-retries",
-            metavar="N",
-            help="Retries when the answer says the file could not be read [default: 1].",
-        ),
-        click.option("--stream/--no-stream", default=None, help="Use SSE streaming."),
-        click.option("--temperature", metavar="T", help="Generation temperature (0-2)."),
-        click.option("--max-tokens", metavar="N", help="max_tokens sent with each request."),
-        click.option("--system", help="System message."),
-        click.option("--template", help="User message template, e.g. '{file_url} {question}'."),
-        click.option("--retry-failed", is_flag=True, default=None, help="Also re-send rows that failed before."),
-        click.option("--limit", metavar="N", help="Only the first N manifest rows."),
-        click.option("--shard", metavar="K/N", help="Take the K-th of N deterministic parts of the manifest."),
-        click.option("--deadline", metavar="HH:MM", help="Stop dispatching at this local time (24 h); exit 3."),
-        click.option(
-            "--max-runtime",
-            metavar="DURATION",
-            help="Stop dispatching after this long (7h, 90m, 1h30m, 3600); exit 3.",
-        ),
-        click.option("--max-cost", metavar="USD", help="Budget in USD (needs prices in the job)."),
-        click.option("--max-total-tokens", metavar="N", help="Budget in tokens."),
-        click.option(
-            "--grace-period",
-            metavar="DURATION",
-            help="How long in-flight requests get after a stop [default: 30 s].",
-        ),
-        click.option("--progress", type=click.Choice(PROGRESS_MODES), help="Progress display."),
-        click.option("--progress-interval", metavar="DURATION", help="Between progress log lines [default: 30 s]."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
-    ]
-    for option in reversed(options):
+    for option in reversed(_RUN_OPTIONS):
         fn = option(fn)
     return fn
 
@@ -438,7 +441,7 @@ def diff(out_a: str, out_b: str, out_changed: str | None, key: str, as_json: boo
 @main.command("report")
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 @click.argument("out_b", required=False, type=click.Path(exists=True, file_okay=False))
-@click.option("--html", type=click.Path(dir_okay=False), help="Write the page here [default: OUT/report.html].")
+@click.option("--html", type=click.Path(dir_okay=False), help="Write the page here [default: OUT/_report.html].")
 @click.option(
     "--by",
     metavar="COLUMN",
@@ -449,7 +452,7 @@ def report_command(out: str, out_b: str | None, html: str | None, by: str | None
     """Write a one-page HTML report of OUT: verdict, charts, errors, slowest and failed rows.
 
     The page is one self-contained file (inline SVG, no script, nothing fetched):
-    it opens from a mail attachment or a bucket. Every run writes OUT/report.html
+    it opens from a mail attachment or a bucket. Every run writes OUT/_report.html
     at its end; this command makes it again, from the folder alone. With OUT_B (an
     earlier folder, e.g. last night's) it also shows what changed since, as
     `docpipe diff OUT_B OUT` does.

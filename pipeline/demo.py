@@ -79,4 +79,5 @@ def _run_all(manifests: list[Path], out: Path, *, latency: float, fault_rate: fl
         f'open the answers with: python -c "import pandas as pd; '
         f"print(pd.read_parquet('{out / manifests[0].stem}/results.parquet')[['question','answer']])\""
     )
+    click.echo(f"and each run's one-page report in a browser: {out / manifests[-1].stem}/_report.html")
     return worst

@@ -12,7 +12,6 @@ is one clear error, whatever endpoint meets it first.
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from .client import GatewayClient
 from .config import JobConfig
 from .errors import DocpipeError, GatewayRefused, RequestError, RunFatalError
-from .report import JsonRecord
+from .report import JsonRecord, finite_float
 
 __all__ = ["Model", "ModelList", "Quota", "TokenQuota", "fetch_models", "fetch_quota", "format_models",
            "format_quota", "models", "quota"]  # fmt: skip
@@ -86,17 +85,6 @@ async def _get(client: GatewayClient, path: str) -> Any:
         raise
 
 
-def _number(v: Any) -> float | None:
-    """A JSON number (or numeric text) as float; None for null, booleans and the like."""
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 async def fetch_models(cfg: JobConfig) -> ModelList:
     """The model list, from either response shape (OpenAI list or new-api success)."""
     async with GatewayClient(cfg, connections=2) as client:
@@ -138,8 +126,8 @@ async def fetch_quota(cfg: JobConfig) -> Quota:
         subscription = await _endpoint(client, _SUBSCRIPTION, unavailable)
         usage = await _endpoint(client, _USAGE, unavailable)
         token = await _endpoint(client, _TOKEN, unavailable)
-    limit = _number(subscription.get("hard_limit_usd")) if subscription else None
-    cents = _number(usage.get("total_usage")) if usage else None
+    limit = finite_float(subscription.get("hard_limit_usd"), from_text=True) if subscription else None
+    cents = finite_float(usage.get("total_usage"), from_text=True) if usage else None
     used = None if cents is None else cents / 100.0
     token_data = token.get("data") if token else None
     token_quota = _token_usage(token_data) if isinstance(token_data, dict) else None
@@ -152,7 +140,7 @@ async def fetch_quota(cfg: JobConfig) -> Quota:
 
 def _token_usage(d: dict[str, Any]) -> TokenQuota:
     def usd(key: str) -> float | None:
-        units = _number(d.get(key))
+        units = finite_float(d.get(key), from_text=True)
         return None if units is None else units / QUOTA_UNITS_PER_USD
 
     name = d.get("name")

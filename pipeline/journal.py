@@ -46,7 +46,6 @@ from typing import IO, Protocol
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from .errors import StorageError
@@ -65,7 +64,6 @@ _BLOCK_BYTES = 1 << 20
 
 #: How log lines are typed when parsed (timestamps travel as epoch microseconds).
 _LOG_SCHEMA = pa.schema([pa.field(f.name, pa.int64()) if f.type == TS else f for f in JOURNAL_SCHEMA])
-_PARSE = pj.ParseOptions(explicit_schema=_LOG_SCHEMA, unexpected_field_behavior="ignore")
 
 
 # -------------------------------------------------------------------------- files
@@ -183,11 +181,13 @@ def _parse(lines: bytes) -> pa.Table | None:
 
 
 def _read_json(lines: bytes, block_size: int) -> pa.Table | None:
+    import pyarrow.json as pj  # only when a log is read back: import time counts before the first request
+
     try:
         return pj.read_json(
             pa.BufferReader(lines),  # type: ignore[arg-type]  # the stubs omit NativeFile
             read_options=pj.ReadOptions(block_size=block_size),
-            parse_options=_PARSE,
+            parse_options=pj.ParseOptions(explicit_schema=_LOG_SCHEMA, unexpected_field_behavior="ignore"),
         )
     except (ValueError, pa.ArrowException):  # ArrowInvalid; UnicodeDecodeError in a key
         return None

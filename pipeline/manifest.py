@@ -34,8 +34,6 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .config import DEFAULT_TEMPLATE, JobConfig
@@ -132,6 +130,8 @@ class Manifest:
         try:
             if self.format == "parquet":
                 return pq.read_schema(self.path)
+            import pyarrow.csv as pacsv  # only CSV manifests need it (import time counts)
+
             reader = pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK))
             schema = reader.schema
             reader.close()
@@ -161,6 +161,8 @@ class Manifest:
                 pf = pq.ParquetFile(self.path)
                 yield from pf.iter_batches(batch_size=size, columns=columns)
                 return
+            import pyarrow.csv as pacsv  # only CSV manifests need it (import time counts)
+
             reader = pacsv.open_csv(
                 self.path,
                 read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
@@ -183,6 +185,8 @@ class Manifest:
     def _locate_bad_text(self) -> str | None:
         """'row R, column C ('name')' (both from 1) of the first value that is not
         UTF-8, or None. Only on the error path: it reads the file again as bytes."""
+        import pyarrow.csv as pacsv  # only CSV manifests need it
+
         names = list(self.schema.names)
         try:
             reader = pacsv.open_csv(
@@ -208,6 +212,8 @@ class Manifest:
         c = self.columns
         if self.format == "parquet" and c.id is None:
             return pq.ParquetFile(self.path).metadata.num_rows
+        import pyarrow.compute as pc  # only here: import time counts before the first request
+
         # a CSV is decoded whole (every column), so text that is not UTF-8 stops us here
         cols = [c.id] if c.id and self.format == "parquet" else None
         count = 0

@@ -12,6 +12,7 @@ analyst-facing readers (:mod:`pipeline.summary`) import it, not the other way ro
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, is_dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
@@ -59,6 +60,18 @@ def dumps(obj: object) -> str:
     """JSON for ``--json``: records (dataclasses) as objects, readable, non-ASCII kept
     (answers may be Chinese); paths, datetimes and the like as strings."""
     return json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable)
+
+
+def finite_float(v: Any, *, from_text: bool = False) -> float | None:
+    """``v`` as a finite float; None for null, NaN, infinities, booleans and non-numbers.
+    Text is read only ``from_text`` (gateways send "12.5"; a results column never should)."""
+    if v is None or isinstance(v, bool | bytes) or (isinstance(v, str) and not from_text):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 # --------------------------------------------------------------------- progress

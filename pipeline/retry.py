@@ -17,9 +17,10 @@ import email.utils
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+if TYPE_CHECKING:
+    from tenacity import AsyncRetrying, RetryCallState
 
 from .config import parse_duration
 from .errors import RetryableError, UnreadableDocument
@@ -105,6 +106,9 @@ def retrying(
     not processed by the gateway (nor billed), so the runner counts them apart.
     ``attempts_before`` is how many attempts (and waits) the caller made itself
     before handing the row to tenacity."""
+
+    # imported on the first retry, not at start-up: most rows never need it
+    from tenacity import AsyncRetrying, retry_if_exception
 
     def wait(state: RetryCallState) -> float:
         outcome = state.outcome

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import journal
@@ -110,6 +109,8 @@ class RunDir:
     def skip_index(self, retry_failed: bool, prior: pa.Table | None = None) -> IdIndex:
         """The request_ids a run must not send again: all with an outcome, or only the
         ok ones under --retry-failed. 8 bytes per id, no per-row Python objects kept."""
+        import pyarrow.compute as pc  # not before the first request
+
         latest = self.latest(["request_id", "status"]) if prior is None else prior
         if retry_failed:
             latest = latest.filter(pc.equal(latest["status"], pa.scalar("ok")))

@@ -32,7 +32,6 @@ from typing import Any
 
 from .budget import BudgetGuard, check_before_start, estimate_rows
 from .client import GatewayClient
-from .compaction import compact
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
@@ -151,14 +150,14 @@ class Run:
         return summary
 
     def _write_report(self) -> None:
-        """OUT/report.html after every run that got this far (also an aborted one): a
+        """OUT/_report.html after every run that got this far (also an aborted one): a
         convenience, so a failure to draw it never changes the run's outcome."""
         try:
             from .htmlreport import write_report
 
             write_report(self.run_dir.path)
         except Exception as e:
-            log.warning("could not write %s/report.html: %s", self.run_dir.path, e)
+            log.warning("could not write %s/_report.html: %s", self.run_dir.path, e)
             log.debug("report failure", exc_info=True)
 
     async def _compact(self, manifest: Manifest) -> str | None:
@@ -169,6 +168,8 @@ class Run:
             return results
         try:
             t0 = time.monotonic()
+            from .compaction import compact  # at the end only: import time counts before the first request
+
             release_memory()  # the pool's buffers are garbage now; compaction's peak should not stack on them
             await asyncio.to_thread(compact, self.run_dir, manifest)
             self.record.timings["compaction_s"] = round(time.monotonic() - t0, 4)

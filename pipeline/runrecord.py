@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import JobConfig
@@ -42,6 +41,8 @@ class Counts:
     @classmethod
     def of(cls, table: pa.Table) -> Counts:
         """Counts of a table with the :data:`_COUNTED` columns."""
+        import pyarrow.compute as pc  # at the end of a run only
+
         if table.num_rows == 0:
             return cls()
         ok = int(pc.sum(pc.cast(pc.equal(table["status"], pa.scalar(Status.OK.value)), pa.int64())).as_py() or 0)

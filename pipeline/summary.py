@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
-from .report import JsonRecord, dumps
+from .report import JsonRecord, dumps, finite_float
 from .rundir import RunDir
 from .schema import pandas_metadata
 from .storage import JOURNAL_DIR, RESULTS_FILE, atomic_write_table
@@ -94,7 +94,7 @@ class RunRef(JsonRecord):
             run_id=_opt_str(info.get("run_id")),
             started_at=_opt_str(info.get("started_at")),
             ended_at=_opt_str(info.get("ended_at")),
-            elapsed_s=_opt_float(info.get("elapsed_s")),
+            elapsed_s=finite_float(info.get("elapsed_s")),
             ended=ended if ended in get_args(RunEnd) else None,
             out=_opt_str(info.get("out")),
         )
@@ -274,21 +274,10 @@ class MergeInfo(JsonRecord):
 # them into plain Python or None, so no record ever holds NaN.
 
 
-def _opt_float(v: Any) -> float | None:
-    """A finite float, or None for a missing or non-numeric value."""
-    if isinstance(v, (str, bytes, bool)):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _opt_int(v: Any) -> int | None:
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return int(v)
-    f = _opt_float(v)
+    f = finite_float(v)
     return None if f is None else round(f)
 
 
@@ -422,7 +411,7 @@ def _latency(s: pd.Series) -> LatencyStats:
     lat = s.dropna()
     if not len(lat):
         return LatencyStats(rows=0, p50=None, p95=None, p99=None)
-    p50, p95, p99 = (_opt_float(lat.quantile(q)) for q in (0.50, 0.95, 0.99))
+    p50, p95, p99 = (finite_float(lat.quantile(q)) for q in (0.50, 0.95, 0.99))
     return LatencyStats(rows=len(lat), p50=p50, p95=p95, p99=p99)
 
 

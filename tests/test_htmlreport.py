@@ -315,7 +315,7 @@ def test_report_command_compares_two_nights_as_diff_does(tmp_path: Path, sim: An
     manifest = _manifest(tmp_path, 42, r1="What changed overnight?", r5="[[sim:status=400]] now rejected")
     run(fast_config(manifest, second, server, **PRICES))
     target = tmp_path / "mail" / "night.html"
-    written_by_the_run = (second / REPORT_FILE).read_bytes()  # every run writes OUT/report.html
+    written_by_the_run = (second / REPORT_FILE).read_bytes()  # every run writes OUT/_report.html
     proc = cli("report", str(second), str(first), "--by", "category", "--html", str(target))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(target) and (second / REPORT_FILE).read_bytes() == written_by_the_run
@@ -477,7 +477,7 @@ def test_write_report_replaces_the_page_atomically(night: Path) -> None:
     inode = first.stat().st_ino
     second = write_report(night, by="category")
     assert second == first and second.stat().st_ino != inode  # renamed over, never half-written in place
-    assert not list(night.glob(".report.html.*.tmp"))
+    assert not list(night.glob("._report.html.*.tmp"))
     assert "Tokens and cost by category" in second.read_text()
     assert pq.read_table(night / "results.parquet").num_rows == 40  # the report changes nothing else
     assert TEST_KEY not in second.read_text()

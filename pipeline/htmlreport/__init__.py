@@ -1,4 +1,4 @@
-"""The run report: one self-contained HTML page (``OUT/report.html``) from an output folder.
+"""The run report: one self-contained HTML page (``OUT/_report.html``) from an output folder.
 
 ::
 
@@ -26,7 +26,7 @@ from .compare import compare as compare_folders
 from .data import ReportData, build
 from .page import render
 
-REPORT_FILE = "report.html"
+REPORT_FILE = "_report.html"  # underscore: pd.read_parquet(OUT) skips it, as it skips _run.json
 
 __all__ = ["REPORT_FILE", "Comparison", "ReportData", "build", "render_report", "write_report"]
 
@@ -39,7 +39,7 @@ def render_report(out_dir: Path, compare: Path | None = None, by: str | None = N
 
 
 def write_report(out_dir: Path, compare: Path | None = None, by: str | None = None, html: Path | None = None) -> Path:
-    """Write the report of ``out_dir`` to ``html`` (default ``out_dir/report.html``), atomically; returns the path.
+    """Write the report of ``out_dir`` to ``html`` (default ``out_dir/_report.html``), atomically; returns the path.
 
     ``compare``: an earlier output folder (last night's) to show what changed since;
     ``by``: the column to break tokens and cost down by (default ``model``).
