@@ -20,20 +20,33 @@ tells them apart by experiment, not by guess:
   standard deviations of the background) cuts the limit by half its excess share
   (10-50 %), counted from the load actually carried (the round's peak in flight),
   since a cut above it would change nothing.
-- Every cut is a trial. Once the pool has drained to the new limit, the rounds
-  that follow are compared with the round that caused the cut. If the 429 share
-  fell significantly (one-sided two-proportion test at 5 %), the 429s tracked
-  load: the cut stays, and if the share is still too high the next cut follows at
-  once. If the share did not fall (or has not fallen significantly after three
-  rounds), the cut is undone, straight back to the old limit, and the share
-  measured at the lower limit becomes the background: from then on only 429s
-  above it count, and every round refines it until a cut helps again. So a
-  capacity-40 gateway drives the limit to about 40 (every cut above 40 clears its
-  429s), while 5 % random 429s cost a trial round or two and leave the limit at
-  its maximum.
-- Latency is treated the same way: a round whose mean latency is over three times
-  the baseline cuts 20 %; unless latency then falls by 10 %, the cut is undone and
-  that latency becomes the baseline (slow documents are not load).
+- Every cut is a trial. Once the pool has drained to the new limit, every
+  attempt that finishes counts, answers to requests sent before the cut
+  included: a 429 comes back at once and an answer only a latency later, so
+  counting only requests sent after the cut would read nothing but 429s for the
+  first latency and condemn every cut. The 429 share of the rounds that follow is
+  compared with the round that caused the cut; if it fell significantly
+  (one-sided two-proportion test at 5 %), the 429s tracked load: the cut stays,
+  and if the share is still too high the next cut follows at once.
+- That round was picked for its many 429s, and it is no bigger than the limit,
+  so near the capacity, where a 10 % cut lowers the share only a little, a cut
+  that did help can fail to show it. A cut not proven after three rounds is
+  therefore not simply undone: the old limit is measured again for as many
+  samples as the lowered one (the *recheck*, an unbiased comparison of equal
+  size). Only if the old limit does not see significantly more 429s is the cut
+  undone for good, and the share seen at both limits becomes the background:
+  from then on only 429s above it count, and every round refines it. Once 429s
+  were shown not to track load, a later cut must pass the recheck to overturn
+  that (a lucky round is not enough). A cut that helps makes the learner forget
+  the background: the share left at the lower limit is partly load, and taken as
+  the background it would let the limit grow back into the overload. So a
+  capacity-40 gateway drives the limit to about 40 (every cut above 40 clears
+  its 429s), while 5 % random 429s cost a trial or two and leave the limit at its
+  maximum.
+- Latency is treated much the same way: a round whose mean latency is over three
+  times the baseline cuts 20 %; unless latency then falls by 10 % (counting only
+  answers sent after the cut, whose latency is what the cut can change), the cut
+  is undone and that latency becomes the baseline (slow documents are not load).
 - A clean round in which the pool was at least half used adds one (additive
   increase), so the limit keeps probing upwards.
 
@@ -48,7 +61,8 @@ capped at ``backoff_max``; each row still honours its own Retry-After in full.
 Slot hold: a row that got an anonymous 429 keeps its slot for 0.5-1 x
 min(``backoff_initial``, 1 s) before releasing it, so an over-limit slot does not
 churn out one instant 429 after another; this holds only while 429s look like
-load (no trial yet, or the last 429 trial helped) and the limit is adaptive.
+load (no trial yet, or the last 429 trial helped) or a trial is running (so both
+limits a trial compares are measured alike), and the limit is adaptive.
 
 RPM and TPM: :class:`Bucket`, a leaky bucket booked ahead of time. RPM is a bucket
 of one request that drains every ``60/rpm`` seconds (plus 2 %), so no 60-second
@@ -120,6 +134,7 @@ class Verdict(Enum):
     HELPED = "helped"
     UNDO = "undo"
     CONTINUE = "continue"
+    RECHECK = "recheck"  # a 429 cut not proven: measure the old limit again before undoing it
 
 
 class Tally:
@@ -165,30 +180,35 @@ def share_fell(before: Tally, after: Tally) -> bool:
 
 
 class Trial:
-    """A cut under test: the round that caused it, and the rounds since."""
+    """A cut under test: the round that caused it, the rounds since, and, once the cut
+    could not prove itself, as many samples again back at the old limit (``recheck``)."""
 
-    __slots__ = ("after", "before", "cause", "limit_before", "rounds", "started")
+    __slots__ = ("after", "before", "cause", "limit_after", "limit_before", "quick", "recheck", "rounds", "started")
 
-    def __init__(self, cause: Cause, before: Tally, limit_before: float, started: float) -> None:
+    def __init__(
+        self, cause: Cause, before: Tally, limit_before: float, limit_after: float, started: float, *, quick: bool
+    ) -> None:
         self.cause = cause
         self.before = before
+        self.quick = quick  # may a 429 cut be proven against ``before`` alone?
         self.after = Tally()
+        self.recheck: Tally | None = None
         self.limit_before = limit_before
+        self.limit_after = limit_after
         self.started = started
         self.rounds = 0
 
     def judge(self) -> Verdict:
-        """Conclude after one more round: helped, undo, or look at another round."""
+        """Conclude after one more round: helped, look at another round, recheck or undo."""
         self.rounds += 1
         if self.cause is Cause.RATE_LIMITED:
-            if share_fell(self.before, self.after):
+            if self.quick and share_fell(self.before, self.after):
                 return Verdict.HELPED
-            worse = self.after.share >= self.before.share
-        else:
-            before, after = self.before.mean_latency, self.after.mean_latency
-            if before is not None and after is not None and after <= LATENCY_HELPED * before:
-                return Verdict.HELPED
-            worse = before is None or after is None or after >= before
+            return Verdict.RECHECK if self.rounds >= TRIAL_ROUNDS else Verdict.CONTINUE
+        before, after = self.before.mean_latency, self.after.mean_latency
+        if before is not None and after is not None and after <= LATENCY_HELPED * before:
+            return Verdict.HELPED
+        worse = before is None or after is None or after >= before
         return Verdict.UNDO if worse or self.rounds >= TRIAL_ROUNDS else Verdict.CONTINUE
 
 
@@ -255,41 +275,74 @@ class LearningLimit:
         lowered = max(1.0, min(self.limit, float(tally.peak)) * factor)
         if int(lowered) >= self.current:
             return False  # at the floor already: nothing to try
-        self.trial = Trial(cause, tally, self.limit, self._clock())
+        # once 429s were shown not to track load, only the unbiased recheck may overturn that
+        self.trial = Trial(cause, tally, self.limit, lowered, self._clock(), quick=self.tracks_load)
         self.limit = lowered
         return True
 
     def _sample_trial(self, trial: Trial, rtt: float | None, in_flight: int, rate_limited: bool) -> bool:
+        if trial.recheck is not None:
+            return self._sample_recheck(trial, trial.recheck, rtt, in_flight, rate_limited)
         if in_flight > self.current:
             return False  # the pool is still draining: this is the load from before the cut
-        if rtt is not None and self._clock() - rtt < trial.started:
-            return False  # sent before the cut
+        if trial.cause is Cause.LATENCY and rtt is not None and self._clock() - rtt < trial.started:
+            return False  # its latency is the load from before the cut
+        # A 429 trial counts every answer, sent before the cut or not: an instant 429 to a
+        # request sent after the cut arrives at once, that request's answer only a latency
+        # later, so counting only requests sent after the cut reads nothing but 429s at first.
         trial.after.add(rtt, rate_limited, in_flight)
         if trial.after.n < self._round_size() * (trial.rounds + 1):
             return False
         verdict = trial.judge()
         if verdict is Verdict.CONTINUE:
             return False
+        if verdict is Verdict.HELPED:
+            return self._helped(trial)
+        if verdict is Verdict.RECHECK:
+            trial.recheck = Tally()
+            self.limit = trial.limit_before
+            return True
+        return self._undo(trial)
+
+    def _sample_recheck(
+        self, trial: Trial, recheck: Tally, rtt: float | None, in_flight: int, rate_limited: bool
+    ) -> bool:
+        recheck.add(rtt, rate_limited, in_flight)
+        if recheck.n < trial.after.n:
+            return False
+        if share_fell(recheck, trial.after):
+            self.limit = trial.limit_after  # the old limit sees more 429s after all: load
+            self._helped(trial)
+            return True
+        return self._undo(trial)
+
+    def _helped(self, trial: Trial) -> bool:
+        """The cut lowered the symptom: it stays; if the lowered limit still sees too much, cut again."""
         self.trial = None
-        if verdict is Verdict.UNDO:
-            return self._undo(trial)
         if trial.cause is Cause.RATE_LIMITED:
+            # the 429s track load; a background learned from an earlier trial that did not
+            # help is suspect now (the share left at the lower limit is partly load too, so it
+            # is no estimate of it either): forget it, a trial that fails will learn it again
             self.tracks_load = True
-            self.background = min(self.background, trial.after.share)
-        # the cut helped; if the lowered limit still sees too many 429s, cut again now
+            self.background = 0.0
+            self._background_weight = 0.0
         return self._end_round(trial.after, grow=False)
 
     def _undo(self, trial: Trial) -> bool:
         """The cut did not help: go back, and take what was seen as the new normal."""
+        self.trial = None
+        changed = self.limit != trial.limit_before  # not after a recheck: back there already
         self.limit = trial.limit_before
         after = trial.after
         if trial.cause is Cause.RATE_LIMITED:
             self.tracks_load = False
             self._learn_background(after)
+            if trial.recheck is not None:
+                self._learn_background(trial.recheck)
         elif after.mean_latency is not None:
             before = trial.before.mean_latency or after.mean_latency
             self.baseline = min(before, after.mean_latency)
-        return True
+        return changed
 
     def _learn_background(self, tally: Tally) -> None:
         weight = self._background_weight
