@@ -6,7 +6,9 @@ Three processes, so that each figure belongs to one of them:
 - the simulator (``docpipe simulate``) in its own process: it must not share the
   client's core or event loop, or the client would be charged for serving;
 - the client, a plain ``docpipe run`` subprocess: what a user runs, imports and
-  all. ``os.wait4`` gives its own rusage (CPU, peak RSS), nobody else's;
+  all. A bare launcher process between (see ``_LAUNCHER``) takes its rusage with
+  ``os.wait4`` (CPU, peak RSS: its own, nobody else's, and not this process's resident
+  set, which Linux would otherwise carry into a child's ``ru_maxrss``);
 - this process, which only writes the manifest, waits and reads stats.
 
 Figures of one run (:class:`RunResult`):
@@ -298,16 +300,52 @@ def simulator(spec: RunSpec, log: Path) -> Iterator[Simulator]:
         sim.stop()
 
 
-def run_client(cmd: list[str], stderr: Path) -> tuple[int, float, Any]:
-    """Run ``cmd`` to the end; (exit code, wall seconds, rusage of that child only)."""
-    t0 = time.monotonic()
+#: Runs between this process and the client. Linux carries a parent's resident set into
+#: its child's ``ru_maxrss`` (fork copies the high-water mark, exec keeps it), and this
+#: process holds pipeline.cli's imports, a manifest writer and the simulator's stats: a
+#: client spawned from here could never report less than that. The launcher is a bare
+#: interpreter (-I -S: a few MB) that forks the client, waits for it with wait4 (its
+#: rusage only) and writes its own clock readings around it.
+_LAUNCHER = """
+import os, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+t0 = time.monotonic()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+t1 = time.monotonic()
+with open(out, "w") as f:
+    f.write(" ".join(map(repr, (os.waitstatus_to_exitcode(status), t0, t1, ru.ru_utime + ru.ru_stime, ru.ru_maxrss))))
+"""
+
+
+@dataclass(frozen=True)
+class ClientExit:
+    """How one client process ended, measured by the launcher around it."""
+
+    code: int
+    spawned: float  # time.monotonic() just before the fork (CLOCK_MONOTONIC: shared by all processes)
+    wall: float
+    cpu_s: float  # user + sys of the client alone
+    maxrss_kb: int  # the client's own peak RSS (Linux reports KiB)
+
+
+def run_client(cmd: list[str], stderr: Path) -> ClientExit:
+    """Run ``cmd`` (its first item an interpreter path) to the end through the launcher."""
+    readings = stderr.with_suffix(".exit")
+    readings.unlink(missing_ok=True)
     with open(stderr, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        # wait4 rather than Popen.wait: the rusage of this one child, not of all children
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, wall, usage
+        code = subprocess.call([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(readings), *cmd],
+                               stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+    try:
+        exit_code, t0, t1, cpu, maxrss = readings.read_text().split()
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"client launcher failed (exit {code}): {_tail(stderr)}") from exc
+    return ClientExit(int(exit_code), float(t0), float(t1) - float(t0), float(cpu), int(maxrss))
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -384,16 +422,13 @@ def _client_view(info: dict[str, Any]) -> tuple[int | None, float | None]:
 class _Readings:
     """What one measured client run left behind: its exit, clocks and the simulator's counts."""
 
-    code: int
-    wall: float
-    usage: Any
+    client: ClientExit
     stats: dict[str, Any]
     info: dict[str, Any]
     sim_t0: float
-    spawned: float
     sim_cpu: tuple[float | None, float | None]
     busy: tuple[float | None, float | None]
-    resume: tuple[int, float, Any] | None
+    resume: ClientExit | None
     resume_requests: int | None
 
 
@@ -409,22 +444,20 @@ def _drive(spec: RunSpec, work: Path, manifest: Path, out: Path, profile: Path |
         prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
         sim_t0 = sim.reset()
         cpu0, busy0 = sim.cpu_seconds(), _busy_seconds()
-        spawned = time.monotonic()
-        code, wall, usage = run_client(prefix + run, work / "client.err")
+        client = run_client(prefix + run, work / "client.err")
         cpu1, busy1 = sim.cpu_seconds(), _busy_seconds()
         st = sim.stats()
         # kept beside the run folder: the per-second timeline is what explains a slow run
         (work / "sim_stats.json").write_text(json.dumps({k: v for k, v in st.items() if k != "request_times"}))
         # read before a resume run overwrites it
         info = json.loads((out / "_run.json").read_text()) if (out / "_run.json").exists() else {}
-        resume: tuple[int, float, Any] | None = None
+        resume: ClientExit | None = None
         resume_requests = None
         if spec.resume_check:
             sim.reset()
             resume = run_client([sys.executable, *run], work / "resume.err")
             resume_requests = sim.stats()["requests"]
-    return _Readings(code, wall, usage, st, info, sim_t0, spawned, (cpu0, cpu1), (busy0, busy1), resume,
-                     resume_requests)  # fmt: skip
+    return _Readings(client, st, info, sim_t0, (cpu0, cpu1), (busy0, busy1), resume, resume_requests)
 
 
 def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunResult:
@@ -433,9 +466,8 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
     manifest, out = work / "manifest.parquet", work / "out"
     write_manifest(manifest, spec.rows, spec.row_group_rows)
     r = _drive(spec, work, manifest, out, profile)
-    code, wall, usage, st, info, resume = r.code, r.wall, r.usage, r.stats, r.info, r.resume
-    (cpu0, cpu1), (busy0, busy1), sim_t0, spawned, resume_requests = r.sim_cpu, r.busy, r.sim_t0, r.spawned, \
-        r.resume_requests  # fmt: skip
+    c, st, info, resume = r.client, r.stats, r.info, r.resume
+    (cpu0, cpu1), (busy0, busy1), wall, cpu = r.sim_cpu, r.busy, c.wall, c.cpu_s
     timings = info.get("timings", {})
     times: list[float] = st["request_times"]
     requests = st["requests"]
@@ -445,7 +477,6 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
     final, lowest = _client_view(info)
     # over the client's wall time: the simulator keeps only the last 200 000 arrival times
     sim_share = (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None else None
-    cpu = usage.ru_utime + usage.ru_stime
     bound = spec.bound_rps
     # CPU that neither the client nor the simulator used: another job on the machine
     # skews every figure, so say so rather than report it as the client's
@@ -454,7 +485,7 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
         foreign = max(0.0, (busy1 - busy0 - cpu - sim_share * wall) / wall)
     return RunResult(
         spec=spec,
-        exit_code=code,
+        exit_code=c.code,
         requests=requests,
         ok=ok,
         failed=int(info.get("failed", 0)),
@@ -466,16 +497,18 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
         cpu_s=round(cpu, 3),
         cpu_us_per_request=round(cpu / max(requests, 1) * 1e6, 1),
         client_cpu_share=round(cpu / wall, 3),
-        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        peak_rss_mb=round(c.maxrss_kb / 1024, 1),
         first_request_s=timings.get("first_request_s"),
-        spawn_to_first_request_s=round(sim_t0 + times[0] - spawned, 3) if times and requests <= len(times) else None,
+        spawn_to_first_request_s=round(r.sim_t0 + times[0] - c.spawned, 3)
+        if times and requests <= len(times)
+        else None,
         compaction_s=timings.get("compaction_s"),
         sim_max_in_flight=st["max_in_flight"],
         sim_cpu_share=round(sim_share, 3) if sim_share is not None else None,
         foreign_cpu_share=round(foreign, 3) if foreign is not None else None,
-        resume_s=round(resume[1], 3) if resume else None,
-        resume_requests=resume_requests,
-        resume_exit_code=resume[0] if resume else None,
+        resume_s=round(resume.wall, 3) if resume else None,
+        resume_requests=r.resume_requests,
+        resume_exit_code=resume.code if resume else None,
         stderr_tail=_tail(work / "client.err"),
         goodput_rps=round(goodput, 1),
         concurrency_final=final,
@@ -647,7 +680,8 @@ def measure_report(work: Path, rows: int = 1_000_000) -> ScenarioResult:
 
     folder = write_synthetic(work / REPORT_SCENARIO, rows)
     cmd = [sys.executable, "-m", "pipeline.cli", "report", str(folder), "--by", "category"]
-    code, wall, _usage = run_client(cmd, work / "report.err")
+    done = run_client(cmd, work / "report.err")
+    code, wall = done.code, done.wall
     page = folder / "report.html"
     size_mb = page.stat().st_size / 1e6 if code == 0 and page.exists() else float("inf")
     return ScenarioResult(REPORT_SCENARIO, {}, [

@@ -6,7 +6,9 @@ No test here runs a predefined scenario: they take minutes."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,6 +25,7 @@ from pipeline.bench import (
     RunSpec,
     ScenarioResult,
     SimFigures,
+    run_client,
     run_line,
     scenario_line,
     sim_figures,
@@ -82,6 +85,16 @@ def test_bench_passes_capacity_and_adaptive_to_the_run() -> None:
     assert run["sim_max_in_flight"] <= 8
     assert set(run["sim"]["outcomes"]) <= {"ok", "capacity_429"}
     assert run["concurrency_final"] is not None and " adaptive " in proc.stderr
+
+
+def test_client_peak_rss_is_its_own_not_this_processs(tmp_path: Path) -> None:
+    # Linux would carry a parent's resident set into a child's ru_maxrss: hold 200 MB here
+    ballast = bytearray(200 * 1024 * 1024)
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    done = run_client([sys.executable, "-c", "print('hello')"], tmp_path / "c.err")
+    assert done.code == 0 and done.maxrss_kb < 60 * 1024 and done.cpu_s >= 0 and done.wall > 0
+    assert run_client([sys.executable, "-c", "import sys; sys.exit(3)"], tmp_path / "c.err").code == 3
+    del ballast
 
 
 # ------------------------------------------------------------------ scenario definitions
