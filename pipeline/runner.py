@@ -46,6 +46,8 @@ from .rundir import RunDir
 from .runrecord import Counts, RunRecord, results_counts
 from .sender import RowSender
 from .storage import atomic_write_bytes
+from .structured.ask import Asker, Mode
+from .structured.spec import compile_spec
 
 log = logging.getLogger("docpipe")
 COMPACTED_MARK = ".compacted.json"  # what results.parquet was last built from
@@ -74,6 +76,9 @@ class Run:
             breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
         )
         self.journal: JournalWriter | None = None  # opened once the folder's lock is held
+        # structured answers: the checked schema's columns and the run's one request mode
+        self.spec = compile_spec(cfg.schema) if cfg.schema is not None else None
+        self.mode = Mode(cfg.schema_mode) if self.spec is not None else None
         self._signals = 0
 
     # -- the run -----------------------------------------------------------------
@@ -111,7 +116,10 @@ class Run:
         self._write_info(self.record.running())
         with self._signal_handlers():
             async with GatewayClient(cfg) as client, self._background():
-                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record)
+                asker = None
+                if self.spec is not None and self.mode is not None:
+                    asker = Asker(self.spec, self.mode, cfg.schema_retries, cfg.params.get("max_tokens"))
+                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, asker)
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
                 producer_error = await pool.run()
@@ -171,7 +179,7 @@ class Run:
             from .compaction import compact  # at the end only: import time counts before the first request
 
             release_memory()  # the pool's buffers are garbage now; compaction's peak should not stack on them
-            await asyncio.to_thread(compact, self.run_dir, manifest)
+            await asyncio.to_thread(compact, self.run_dir, manifest, spec=self.spec)
             self.record.timings["compaction_s"] = round(time.monotonic() - t0, 4)
             mark_results_current(self.run_dir, self.cfg, manifest)
         except OSError as e:
@@ -212,7 +220,10 @@ class Run:
 
     def _write_info(self, summary: RunSummary) -> None:
         try:
-            self.run_dir.write_run_info(self.record.info(summary))
+            info = self.record.info(summary)
+            if self.mode is not None:
+                info.update(self.mode.info())
+            self.run_dir.write_run_info(info)
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)
 
@@ -302,7 +313,7 @@ def _fingerprint(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> dict[st
     return {"journal": [p.name for p in run_dir.parts()],
             "manifest": [os.path.abspath(manifest.path), st.st_size, st.st_mtime_ns],
             "scope": [cfg.limit, cfg.shard, cfg.model, cfg.system, dict(cfg.params), cfg.template,
-                      cfg.id_column, cfg.file_url_column, cfg.question_column]}  # fmt: skip
+                      cfg.id_column, cfg.file_url_column, cfg.question_column, cfg.schema]}  # fmt: skip
 
 
 def results_current(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> bool:

@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from ..config import SCHEMA_MODES
 from ..errors import RowFatalError
 from ..records import Completion, Failure
 from .extract import Checker, Problem, Verdict
@@ -40,7 +41,7 @@ from .spec import Spec
 
 log = logging.getLogger("docpipe")
 
-MODES = ("auto", "response_format", "instructions")
+MODES = SCHEMA_MODES
 #: max_tokens of the retry after a cut answer when none was configured (then doubled)
 DEFAULT_MAX_TOKENS = 4096
 INVALID_ANSWER = "invalid_answer"
