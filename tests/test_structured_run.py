@@ -19,7 +19,7 @@ from pipeline.structured import METADATA_KEY
 from tests.conftest import fast_config, make_rows, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
-INVOICE = json.loads((ROOT / "pipeline/sample_inputs/invoice.schema.json").read_text())
+INVOICE = json.loads((ROOT / "pipeline/sample_inputs/invoices.schema.json").read_text())
 
 Sim = Callable[..., SimServer]
 
