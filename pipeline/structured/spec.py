@@ -131,7 +131,7 @@ def compile_spec(schema: Mapping[str, Any]) -> Spec:
     except SchemaError as e:
         where = "/" + "/".join(str(p) for p in e.path) if e.path else "/"
         raise SchemaProblem(f"{where}: not a valid JSON Schema: {e.message}") from None
-    root = _Resolver(schema).node(schema, "", ())
+    root, _seen = _Resolver(schema).node(schema, "", ())
     if root.get("type") != "object" or not isinstance(root.get("properties"), Mapping) or not root["properties"]:
         raise SchemaProblem("/: the top level must be an object schema with properties (type: object)")
     resolver = _Resolver(schema)
@@ -152,8 +152,9 @@ class _Resolver:
     def __init__(self, root: Mapping[str, Any]) -> None:
         self.root = root
 
-    def node(self, node: Any, path: str, seen: tuple[str, ...]) -> Mapping[str, Any]:
-        """``node`` with its $ref followed and its nullable wrapper removed; refuses shape keywords."""
+    def node(self, node: Any, path: str, seen: tuple[str, ...]) -> tuple[Mapping[str, Any], tuple[str, ...]]:
+        """``node`` with its $ref followed and its nullable wrapper removed, and the refs followed
+        to reach it (a ref met again below is recursion); refuses shape keywords."""
         if not isinstance(node, Mapping):
             raise SchemaProblem(f"{path or '/'}: expected a schema object")
         ref = node.get("$ref")
@@ -166,7 +167,7 @@ class _Resolver:
                 raise SchemaProblem(f"{path}/{kw}: not supported (only a nullable anyOf [X, null] is)")
         if "anyOf" in node:
             return self.node(_non_null(node["anyOf"], f"{path}/anyOf"), path, seen)
-        return node
+        return node, seen
 
     def _target(self, ref: str, path: str) -> Any:
         if not ref.startswith("#/"):
@@ -180,7 +181,7 @@ class _Resolver:
         return target
 
     def map(self, raw: Any, path: str, seen: tuple[str, ...]) -> tuple[pa.DataType, str | None, Convert]:
-        node = self.node(raw, path, seen)
+        node, seen = self.node(raw, path, seen)
         kind = _type_of(node, path)
         if kind == "array":
             return self._array(node, path, seen)
