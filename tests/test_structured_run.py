@@ -51,18 +51,26 @@ def test_twenty_percent_bad_first_answers_every_row_ok_typed_columns(sim: Sim, t
     stats = server.stats()["outcomes"]
     # every kind of bad first answer happened at least once
     assert {k for k in stats if k.startswith("schema_")} == {
-        "schema_prose", "schema_fenced", "schema_sentence", "schema_violating", "schema_truncated"}
+        "schema_prose",
+        "schema_fenced",
+        "schema_sentence",
+        "schema_violating",
+        "schema_truncated",
+    }
     df = pd.read_parquet(out)
     answer_cols = ["invoice_number", "invoice_date", "total", "currency", "paid", "line_items", "answer_status"]
-    assert list(df.columns)[-len(answer_cols):] == answer_cols
+    assert list(df.columns)[-len(answer_cols) :] == answer_cols
     assert str(df["total"].dtype) == "float64"
     assert str(df["paid"].dtype) == "boolean"
     assert str(df["line_items"].iloc[0][0]["quantity"].__class__.__name__) == "int"
     _check_values(df, rows)
     table = pq.read_table(out / "results.parquet")
     assert table.schema.field("invoice_date").type == pa.date32()
-    assert table.schema.field("line_items").type == pa.list_(pa.struct([
-        pa.field("description", pa.string()), pa.field("quantity", pa.int64()), pa.field("amount", pa.float64())]))
+    assert table.schema.field("line_items").type == pa.list_(
+        pa.struct(
+            [pa.field("description", pa.string()), pa.field("quantity", pa.int64()), pa.field("amount", pa.float64())]
+        )
+    )
     assert json.loads(table.schema.metadata[METADATA_KEY]) == INVOICE
     info = json.loads((out / "_run.json").read_text())
     assert info["settings"]["schema"] == INVOICE

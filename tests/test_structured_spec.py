@@ -65,7 +65,7 @@ def test_find_json_whole_fenced_after_a_sentence() -> None:
     assert find_json('{"a": 1}') == {"a": 1}
     assert find_json('Here:\n```json\n{"a": 2}\n```\nDone.') == {"a": 2}
     assert find_json('The result is {"a": 3} as asked.') == {"a": 3}
-    assert find_json("a {not json} then {\"a\": 4}") == {"a": 4}
+    assert find_json('a {not json} then {"a": 4}') == {"a": 4}
     assert find_json("no json at all") is None
     assert find_json("[1, 2]") is None
 
