@@ -46,8 +46,7 @@ from .rundir import RunDir
 from .runrecord import Counts, RunRecord, results_counts
 from .sender import RowSender
 from .storage import atomic_write_bytes
-from .structured.ask import Asker, Mode
-from .structured.spec import compile_spec
+from .structured.ask import asker_for
 
 log = logging.getLogger("docpipe")
 COMPACTED_MARK = ".compacted.json"  # what results.parquet was last built from
@@ -76,9 +75,7 @@ class Run:
             breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
         )
         self.journal: JournalWriter | None = None  # opened once the folder's lock is held
-        # structured answers: the checked schema's columns and the run's one request mode
-        self.spec = compile_spec(cfg.schema) if cfg.schema is not None else None
-        self.mode = Mode(cfg.schema_mode) if self.spec is not None else None
+        self.asker = asker_for(cfg)  # structured answers: the schema's columns, checks and the run's mode
         self._signals = 0
 
     # -- the run -----------------------------------------------------------------
@@ -116,10 +113,7 @@ class Run:
         self._write_info(self.record.running())
         with self._signal_handlers():
             async with GatewayClient(cfg) as client, self._background():
-                asker = None
-                if self.spec is not None and self.mode is not None:
-                    asker = Asker(self.spec, self.mode, cfg.schema_retries, cfg.params.get("max_tokens"))
-                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, asker)
+                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
                 producer_error = await pool.run()
@@ -179,7 +173,8 @@ class Run:
             from .compaction import compact  # at the end only: import time counts before the first request
 
             release_memory()  # the pool's buffers are garbage now; compaction's peak should not stack on them
-            await asyncio.to_thread(compact, self.run_dir, manifest, spec=self.spec)
+            spec = self.asker.spec if self.asker is not None else None
+            await asyncio.to_thread(compact, self.run_dir, manifest, spec=spec)
             self.record.timings["compaction_s"] = round(time.monotonic() - t0, 4)
             mark_results_current(self.run_dir, self.cfg, manifest)
         except OSError as e:
@@ -221,8 +216,8 @@ class Run:
     def _write_info(self, summary: RunSummary) -> None:
         try:
             info = self.record.info(summary)
-            if self.mode is not None:
-                info.update(self.mode.info())
+            if self.asker is not None:
+                info.update(self.asker.mode.info())
             self.run_dir.write_run_info(info)
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from ..config import SCHEMA_MODES
+from ..config import SCHEMA_MODES, JobConfig
 from ..errors import RowFatalError
 from ..records import Completion, Failure
 from .extract import Checker, Problem, Verdict
@@ -152,6 +152,16 @@ class Asker:
         followup = ({"role": "assistant", "content": completion.answer or ""},
                     {"role": "user", "content": correction(verdict.error or "invalid")})  # fmt: skip
         return Turn(self.mode.current, followup, turn.max_tokens)
+
+
+def asker_for(cfg: JobConfig) -> Asker | None:
+    """The run's one Asker (and so its one Mode) when ``cfg`` has a schema, else None."""
+    if cfg.schema is None:
+        return None
+    from .spec import compile_spec
+
+    spec = compile_spec(cfg.schema)
+    return Asker(spec, Mode(cfg.schema_mode), cfg.schema_retries, cfg.params.get("max_tokens"))
 
 
 @dataclass(slots=True)
