@@ -156,3 +156,30 @@ def test_cli_validate_lists_the_answer_columns(tmp_path: Path) -> None:
     assert ("answer columns: invoice_number string, invoice_date date32[day], total double, currency string, "
             "paid bool") in done.stdout  # fmt: skip
     assert "answer_status string" in done.stdout
+
+
+def test_fast_check_never_passes_what_jsonschema_fails() -> None:
+
+    from pipeline.simulator import structured_answer_for
+    from pipeline.structured.fastcheck import compile_check
+
+    schema = json.loads(INVOICE_PATH.read_text())
+    schema["properties"]["invoice_number"]["pattern"] = "^inv"
+    schema["properties"]["total"]["exclusiveMaximum"] = 90000
+    fast = compile_check(schema)
+    assert fast is not None
+    slow = Checker(schema)._validator
+    wrong = [None, True, 0, 1.5, -3, "x", "2024-01-01", "inv-1", [], [{}], {}, {"description": "d"}, 99999.0]
+    seen = {True: 0, False: 0}
+    for i in range(40):
+        base = structured_answer_for("m", f"c{i}", schema)
+        variants = [base, {k: v for k, v in base.items() if k != "paid"}, {**base, "extra": 1}]
+        variants += [{**base, key: w} for key in base for w in wrong]
+        variants += [{**base, "line_items": [{**base["line_items"][0], "quantity": w}]} for w in wrong]
+        for v in variants:
+            ok = fast(v)
+            seen[ok] += 1
+            if ok:
+                assert slow.is_valid(v), v
+    assert seen[True] > 40 and seen[False] > 400
+    assert compile_check({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}) is None

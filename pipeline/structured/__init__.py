@@ -4,6 +4,7 @@ Modules
 -------
 ``spec``     load and check the schema (path, dict, pydantic model class); map it to Arrow columns
 ``extract``  find the JSON in an answer (alone, fenced, after a sentence) and validate it (jsonschema)
+``fastcheck`` a compiled validity test for the supported keywords: the fast path before jsonschema
 ``ask``      one row's conversation (re-asks, the cut-answer retry) and the run's request mode
 ``columns``  the typed columns, built from the raw answers when results.parquet is compacted
 
