@@ -7,6 +7,7 @@ Modules
 ``fastcheck`` a compiled validity test for the supported keywords: the fast path before jsonschema
 ``ask``      one row's conversation (re-asks, the cut-answer retry) and the run's request mode
 ``columns``  the typed columns, built from the raw answers when results.parquet is compacted
+``reuse``    a schema changed since the last run: stored answers that fit are kept, the rest re-asked
 
 Where it joins the run: ``JobConfig.schema`` holds the checked schema dict
 (``[output] schema``, ``--schema``, ``run(schema=...)``); the row sender hands a
