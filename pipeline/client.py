@@ -272,8 +272,10 @@ class GatewayClient:
         self._check = AnswerCheck(cfg.unreadable_patterns)
         self._base = self._body_base()
         schema = dict(cfg.schema) if cfg.schema is not None else {}
-        self._response_format = {"type": "json_schema",
-                                 "json_schema": {"name": _schema_name(schema), "strict": True, "schema": schema}}
+        self._response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": _schema_name(schema), "strict": True, "schema": schema},
+        }
         self._instruction = instruction(schema)
         self.session: aiohttp.ClientSession | None = None
 
