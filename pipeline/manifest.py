@@ -115,10 +115,10 @@ class Manifest:
         output = tuple(f"input_{n}" if n in RESERVED else n for n in passthrough)
         self.columns = Columns(url, question, ident, passthrough, output)
         self._template_fields = self._check_template(cfg.template, names)
-        prefix = orjson.dumps(
-            [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE],
-            option=orjson.OPT_SORT_KEYS,
-        )
+        hashed: list[Any] = [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE]
+        if cfg.schema is not None:  # a different answer schema is a different request (ids without one unchanged)
+            hashed.append(cfg.schema)
+        prefix = orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)
         self._hash_prefix = prefix + b"\x1e"
         self.num_rows = self._prepass()
         if self.num_rows == 0:
