@@ -195,3 +195,36 @@ def test_streamed_and_plain_answers_give_the_same_columns(sim: Sim, tmp_path: Pa
     out = tmp_path / "out"
     assert run(fast_config(write_csv(tmp_path / "m.csv", rows), out, server, schema=INVOICE, stream=stream)).ok == 4
     _check_values(pd.read_parquet(out), rows)
+
+
+def test_summary_shows_null_shares_and_enum_and_boolean_counts_per_field(sim: Sim, tmp_path: Path) -> None:
+    server = sim(response_format="accept")
+    rows = make_rows(30)
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    run(fast_config(manifest, out, server, schema=INVOICE))
+    from pipeline.summary import format_summary_report, summarize
+
+    report = summarize([out])
+    fields = {f.column: f for f in report.fields}
+    assert list(fields) == [
+        "invoice_number",
+        "invoice_date",
+        "total",
+        "currency",
+        "paid",
+        "line_items",
+        "answer_status",
+    ]
+    want = [_expected(r) for r in rows]
+    assert fields["answer_status"].nulls == sum(w["status"] is None for w in want)
+    assert fields["answer_status"].null_share == pytest.approx(fields["answer_status"].nulls / 30)
+    assert fields["invoice_number"].nulls == 0 and fields["invoice_number"].values is None
+    currencies: dict[str, int] = {}
+    for w in want:
+        currencies[w["currency"]] = currencies.get(w["currency"], 0) + 1
+    assert dict(fields["currency"].values or {}) == currencies
+    paid = sum(w["paid"] for w in want)
+    assert dict(fields["paid"].values or {}) == {k: v for k, v in (("true", paid), ("false", 30 - paid)) if v}
+    text = format_summary_report(report)
+    assert "answer fields" in text and "currency: 0/30 null (0%)" in text
