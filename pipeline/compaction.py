@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .arrowutil import numeric, string_scalar
 from .idset import IdIndex, hash_ids
 from .journal import latest_per_id
 from .rundir import RunDir
@@ -94,7 +95,7 @@ def _spill(run_dir: RunDir, index: IdIndex, spill: Path, chunk_rows: int) -> Non
             chunk = index.positions(hash_ids(batch.column("request_id"))) // chunk_rows
             chunk[chunk < 0] = -1
             for k in np.unique(chunk):
-                part = batch.filter(pa.array(chunk == k))
+                part = batch.filter(numeric(chunk == k))
                 if int(k) not in writers:
                     name = "orphans" if k < 0 else f"chunk-{int(k):07d}"
                     sink = pa.OSFile(str(spill / f"{name}.arrow"), "wb")
@@ -162,7 +163,7 @@ def join(table: pa.Table, ids: pa.Array[Any], outcomes: pa.Table, cols: Any, sch
         arrays.append(table[src].cast(schema.field(name).type))
     arrays += [taken[n] for n in OUTCOME_COLUMNS]
     if spec is not None:
-        arrays += answer_columns(spec, taken["answer"], pc.equal(taken["status"], pa.scalar("ok")).fill_null(False))
+        arrays += answer_columns(spec, taken["answer"], pc.equal(taken["status"], string_scalar("ok")).fill_null(False))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

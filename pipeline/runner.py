@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+from .arrowutil import string_scalar
 from .budget import BudgetGuard, check_before_start, estimate_rows
 from .client import GatewayClient
 from .config import JobConfig, seconds_until
@@ -49,7 +50,9 @@ from .storage import atomic_write_bytes
 from .structured.ask import Asker, asker_for
 
 log = logging.getLogger("docpipe")
-COMPACTED_MARK = ".compacted.json"  # what results.parquet was last built from
+COMPACTED_MARK = ".compacted.json"
+#: Rows above which a run leaves OUT/_report.html to `docpipe report` (see Run._write_report)
+AUTO_REPORT_ROWS = 200_000  # what results.parquet was last built from
 
 
 class Run:
@@ -150,12 +153,17 @@ class Run:
         if self.progress is not None:
             self.progress.close(self.record.snapshot(self.pacer.slots))
         self._write_info(summary)
-        self._write_report()
+        self._write_report(summary.ok + summary.failed)
         return summary
 
-    def _write_report(self) -> None:
+    def _write_report(self, rows: int) -> None:
         """OUT/_report.html after every run that got this far (also an aborted one): a
-        convenience, so a failure to draw it never changes the run's outcome."""
+        convenience, so a failure to draw it never changes the run's outcome. Above
+        :data:`AUTO_REPORT_ROWS` rows it is left to ``docpipe report OUT``: drawing reads
+        every row's figures (376 MB at 1 000 000 rows), which would double a run's memory."""
+        if rows > AUTO_REPORT_ROWS:
+            log.info("%d rows: make the page with `docpipe report %s`", rows, self.run_dir.path)
+            return
         try:
             from .htmlreport import write_report
 
@@ -352,10 +360,9 @@ def _prior(run_dir: RunDir, manifest: Manifest, cfg: JobConfig, asker: Asker | N
 def _prior_counts(prior: Any, retry_failed: bool) -> Counts:
     """What the folder already holds, as progress counts it (failed rows count as to do
     again under --retry-failed)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    ok = (pc.sum(pc.equal(prior["status"], pa.scalar("ok"))).as_py() or 0) if prior.num_rows else 0
+    ok = (pc.sum(pc.equal(prior["status"], string_scalar("ok"))).as_py() or 0) if prior.num_rows else 0
     failed = 0 if retry_failed else prior.num_rows - ok
     return Counts(ok=ok, failed=failed)
 
