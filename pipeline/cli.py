@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .config import MANIFEST_FORMATS, PROGRESS_MODES, JobConfig, load_config
+from .config import MANIFEST_FORMATS, PROGRESS_MODES, SCHEMA_MODES, JobConfig, load_config
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
 
 log = logging.getLogger("docpipe")
@@ -153,6 +153,14 @@ _RUN_OPTIONS = [
     click.option("--max-tokens", metavar="N", help="max_tokens sent with each request."),
     click.option("--system", help="System message."),
     click.option("--template", help="User message template, e.g. '{file_url} {question}'."),
+    click.option("--schema", metavar="FILE", help="JSON Schema of the answer: validated JSON, typed columns."),
+    click.option(
+        "--schema-mode",
+        type=click.Choice(SCHEMA_MODES),
+        help="How to ask for the schema: response_format, a system instruction, or auto (the first, "
+        "falling back to the second) [default: auto].",
+    ),
+    click.option("--schema-retries", metavar="N", help="Re-asks of an answer that does not validate [default: 2]."),
     click.option("--retry-failed", is_flag=True, default=None, help="Also re-send rows that failed before."),
     click.option("--limit", metavar="N", help="Only the first N manifest rows."),
     click.option("--shard", metavar="K/N", help="Take the K-th of N deterministic parts of the manifest."),

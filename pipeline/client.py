@@ -31,6 +31,7 @@ from .errors import (
 )
 from .records import Completion, Row
 from .retry import parse_retry_after
+from .structured.ask import Turn, instruction
 from .tokens import estimate_prompt, estimate_text
 
 USER_AGENT = "docpipe/0.1"
@@ -270,6 +271,12 @@ class GatewayClient:
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=cfg.connect_timeout)
         self._check = AnswerCheck(cfg.unreadable_patterns)
         self._base = self._body_base()
+        schema = dict(cfg.schema) if cfg.schema is not None else {}
+        self._response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": _schema_name(schema), "strict": True, "schema": schema},
+        }
+        self._instruction = instruction(schema)
         self.session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> GatewayClient:
@@ -302,20 +309,38 @@ class GatewayClient:
             base["stream_options"] = {"include_usage": True}
         return base
 
-    def build_body(self, row: Row) -> bytes:
+    def build_body(self, row: Row, turn: Turn | None = None) -> bytes:
+        """The request body; a structured ``turn`` adds response_format or the schema instruction,
+        the follow-up messages of a re-ask, and a larger max_tokens after a cut answer."""
         messages: list[dict[str, Any]] = []
-        if self.cfg.system:
-            messages.append({"role": "system", "content": self.cfg.system})
+        if turn is None:
+            if self.cfg.system:
+                messages.append({"role": "system", "content": self.cfg.system})
+            messages.append({"role": "user", "content": row.content})
+            return orjson.dumps({**self._base, "messages": messages})
+        body = {**self._base}
+        system = self.cfg.system
+        if turn.mode == "response_format":
+            body["response_format"] = self._response_format
+        else:
+            system = f"{system}\n\n{self._instruction}" if system else self._instruction
+        if system:
+            messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": row.content})
-        return orjson.dumps({**self._base, "messages": messages})
+        messages.extend(turn.followup)
+        if turn.max_tokens is not None:
+            body["max_tokens"] = turn.max_tokens
+        body["messages"] = messages
+        return orjson.dumps(body)
 
     def redact(self, text: str) -> str:
         return redact(text, self.cfg.api_key)
 
-    async def complete(self, row: Row) -> Completion:
-        """Send one attempt for ``row``; return the checked Completion or raise RequestError."""
+    async def complete(self, row: Row, turn: Turn | None = None) -> Completion:
+        """Send one attempt for ``row`` (asked as ``turn`` when structured); return the checked
+        Completion or raise RequestError."""
         assert self.session is not None, "use GatewayClient as an async context manager"
-        body = self.build_body(row)
+        body = self.build_body(row, turn)
         try:
             async with self.session.post(self._url, data=body, proxy=self._proxy) as resp:
                 headers = resp.headers
@@ -373,6 +398,12 @@ class GatewayClient:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise RetryableError(f"{path}: answer is not JSON", error_type="malformed_response") from None
+
+
+def _schema_name(schema: Mapping[str, Any]) -> str:
+    """response_format's required name: the schema's title as [A-Za-z0-9_-]{1,64}, else "answer"."""
+    title = re.sub(r"[^A-Za-z0-9_-]+", "_", str(schema.get("title") or "")).strip("_")[:64]
+    return title or "answer"
 
 
 def redact(text: str, key: str | None) -> str:

@@ -22,6 +22,7 @@ the same latest outcome.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -33,21 +34,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .arrowutil import numeric, string_scalar
 from .idset import IdIndex, hash_ids
 from .journal import latest_per_id
 from .rundir import RunDir
-from .schema import JOURNAL_SCHEMA, OUTCOME_COLUMNS, output_schema
+from .schema import INPUT_COLUMNS, JOURNAL_SCHEMA, OUTCOME_COLUMNS, output_schema
 from .storage import ROW_GROUP_ROWS, atomic_write_table
+from .structured.columns import answer_columns
+from .structured.spec import METADATA_KEY, Spec
 
 CHUNK_ROWS = 16384
 
 
-def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS) -> int:
-    """Rebuild results.parquet and fold the journal; returns the rows written."""
-    schema = _schema(manifest)
+def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS, spec: Spec | None = None) -> int:
+    """Rebuild results.parquet and fold the journal; returns the rows written.
+
+    ``spec``: a structured job's answer schema; its typed columns follow the standard
+    ones (pipeline/structured/columns.py)."""
+    schema, spec = _schema(manifest, spec)
     index = IdIndex.of(hash_ids(ids) for _batch, ids, _c in manifest.views())
     if index.has_duplicates:
-        return _compact_in_memory(run_dir, manifest, schema)
+        return _compact_in_memory(run_dir, manifest, schema, spec)
     old = run_dir.parts()
     spill = run_dir.journal / ".spill"
     shutil.rmtree(spill, ignore_errors=True)
@@ -55,7 +62,8 @@ def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS) -> int
     try:
         _spill(run_dir, index, spill, chunk_rows)
         with nullcontext() if run_dir.is_folded(old) else run_dir.folding(old) as fold:
-            rows = atomic_write_table(run_dir.results, _joined(manifest, spill, chunk_rows, schema, fold), schema)
+            joined = _joined(manifest, spill, chunk_rows, schema, fold, spec)
+            rows = atomic_write_table(run_dir.results, joined, schema)
             orphans = _latest_of(spill / "orphans.arrow")
             if fold is not None and orphans is not None:
                 fold.write_table(orphans)
@@ -64,12 +72,18 @@ def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS) -> int
     return rows
 
 
-def _schema(manifest: Any) -> pa.Schema:
+def _schema(manifest: Any, spec: Spec | None) -> tuple[pa.Schema, Spec | None]:
+    """The results schema, and ``spec`` with its columns renamed away from the names taken."""
     cols = manifest.columns
-    return output_schema([
+    fields = [
         pa.field(out, manifest.schema.field(src).type if manifest.format == "parquet" else pa.string())
         for src, out in zip(cols.passthrough, cols.output_names, strict=True)
-    ])  # fmt: skip
+    ]
+    if spec is None:
+        return output_schema(fields), None
+    spec = spec.renamed([*INPUT_COLUMNS, *OUTCOME_COLUMNS, *cols.output_names])
+    meta = {METADATA_KEY: json.dumps(spec.schema).encode()}
+    return output_schema(fields, spec.fields(), spec.pandas_dtypes(), meta), spec
 
 
 def _spill(run_dir: RunDir, index: IdIndex, spill: Path, chunk_rows: int) -> None:
@@ -81,7 +95,7 @@ def _spill(run_dir: RunDir, index: IdIndex, spill: Path, chunk_rows: int) -> Non
             chunk = index.positions(hash_ids(batch.column("request_id"))) // chunk_rows
             chunk[chunk < 0] = -1
             for k in np.unique(chunk):
-                part = batch.filter(pa.array(chunk == k))
+                part = batch.filter(numeric(chunk == k))
                 if int(k) not in writers:
                     name = "orphans" if k < 0 else f"chunk-{int(k):07d}"
                     sink = pa.OSFile(str(spill / f"{name}.arrow"), "wb")
@@ -126,7 +140,7 @@ def _concat(pending: list[tuple[pa.RecordBatch, pa.Array[Any]]]) -> tuple[pa.Tab
 
 
 def _joined(
-    manifest: Any, spill: Path, chunk_rows: int, schema: pa.Schema, fold: pq.ParquetWriter | None
+    manifest: Any, spill: Path, chunk_rows: int, schema: pa.Schema, fold: pq.ParquetWriter | None, spec: Spec | None
 ) -> Iterator[pa.Table]:
     for k, table, ids in _chunks(manifest, chunk_rows):
         outcomes = _latest_of(spill / f"chunk-{k:07d}.arrow")
@@ -134,10 +148,11 @@ def _joined(
             continue
         if fold is not None:
             fold.write_table(outcomes)
-        yield join(table, ids, outcomes, manifest.columns, schema)
+        yield join(table, ids, outcomes, manifest.columns, schema, spec)
 
 
-def join(table: pa.Table, ids: pa.Array[Any], outcomes: pa.Table, cols: Any, schema: pa.Schema) -> pa.Table:
+def join(table: pa.Table, ids: pa.Array[Any], outcomes: pa.Table, cols: Any, schema: pa.Schema,
+         spec: Spec | None = None) -> pa.Table:  # fmt: skip
     """Manifest rows that have an outcome, with its columns, in manifest order."""
     where = pc.index_in(ids, value_set=outcomes["request_id"].combine_chunks())
     has = pc.is_valid(where)
@@ -147,6 +162,8 @@ def join(table: pa.Table, ids: pa.Array[Any], outcomes: pa.Table, cols: Any, sch
     for src, name in zip(cols.passthrough, cols.output_names, strict=True):
         arrays.append(table[src].cast(schema.field(name).type))
     arrays += [taken[n] for n in OUTCOME_COLUMNS]
+    if spec is not None:
+        arrays += answer_columns(spec, taken["answer"], pc.equal(taken["status"], string_scalar("ok")).fill_null(False))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -154,12 +171,12 @@ def _text(col: pa.ChunkedArray[Any]) -> pa.ChunkedArray[Any]:
     return col if pa.types.is_string(col.type) else col.cast(pa.string())
 
 
-def _compact_in_memory(run_dir: RunDir, manifest: Any, schema: pa.Schema) -> int:
+def _compact_in_memory(run_dir: RunDir, manifest: Any, schema: pa.Schema, spec: Spec | None) -> int:
     latest = run_dir.latest()
 
     def tables() -> Iterator[pa.Table]:
         for _k, table, ids in _chunks(manifest, CHUNK_ROWS):
-            yield join(table, ids, latest, manifest.columns, schema)
+            yield join(table, ids, latest, manifest.columns, schema, spec)
 
     rows = atomic_write_table(run_dir.results, tables(), schema)
     old = run_dir.parts()

@@ -56,6 +56,7 @@ KEY_ENV_VARS = ("APICORE_API_KEY", "OPENAI_API_KEY")
 BASE_URL_ENV_VAR = "OPENAI_BASE_URL"
 MANIFEST_FORMATS = ("csv", "parquet")
 PROGRESS_MODES = ("auto", "bar", "log", "none")
+SCHEMA_MODES = ("auto", "response_format", "instructions")
 
 #: Phrases with which gateways answer when the model could not open the file.
 DEFAULT_UNREADABLE_PATTERNS = (
@@ -358,6 +359,13 @@ def _logit_bias(value: Any) -> dict[str, Any]:
     return {str(k): bias(v) for k, v in value.items()}
 
 
+def _answer_schema(value: Any) -> dict[str, Any]:
+    """A JSON Schema (path, dict or pydantic model class), loaded and checked (pipeline.structured.spec)."""
+    from .structured.spec import load_schema  # pyarrow and jsonschema only when a schema is given
+
+    return load_schema(value)
+
+
 def _optional(parse: Parser) -> Parser:
     def optional(value: Any) -> Any:
         return None if value is None else parse(value)
@@ -381,6 +389,8 @@ _SECRET = frozenset({"api_key"})
 
 def _bad(where: str, sep: str, name: str, value: Any, why: str) -> UsageError:
     shown = "(hidden)" if name in _SECRET else repr(value)
+    if len(shown) > 80:  # an inline schema: the message names the path inside it instead
+        shown = shown[:76] + "...}" if shown.startswith("{") else shown[:79] + "…"
     return UsageError(f"{where}{sep}{shown}: {why}")
 
 
@@ -460,6 +470,10 @@ class JobConfig:
     # reporting
     progress: str = "auto"  # auto | bar | log | none
     progress_interval: float = 30.0
+    # structured answers (issue 11, pipeline/structured): the checked JSON Schema as a dict
+    schema: Mapping[str, Any] | None = None
+    schema_mode: str = "auto"  # auto | response_format | instructions
+    schema_retries: int = 2
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -568,6 +582,9 @@ FIELD_PARSERS: dict[str, Parser] = {
     "batch_rows": _integer(1),
     "progress": _choice(*PROGRESS_MODES),
     "progress_interval": _seconds(zero_ok=False),
+    "schema": _optional(_answer_schema),
+    "schema_mode": _choice(*SCHEMA_MODES),
+    "schema_retries": _integer(0, 10),
 }
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(JobConfig))
 #: Settings that say where the key is; at most one per source (job file, flags, arguments).
@@ -651,9 +668,10 @@ _JOB_SECTIONS: dict[str, dict[str, str]] = {
         "limit": "limit",
         "shard": "shard",
     },
+    "output": {"schema": "schema", "mode": "schema_mode", "schema_retries": "schema_retries"},
 }
 #: Paths a job file gives relative to its own folder.
-_JOB_PATHS = ("manifest", "out", "api_key_file")
+_JOB_PATHS = ("manifest", "out", "api_key_file", "schema")
 
 
 def read_job_file(path: str | os.PathLike[str]) -> dict[str, Given]:

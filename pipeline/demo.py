@@ -5,6 +5,7 @@ attempts on purpose so the demo shows retries doing their work."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,15 @@ def sample_inputs() -> Iterator[list[Path]]:
         yield [stack.enter_context(resources.as_file(folder / n)) for n in names]
 
 
+def answer_schema(manifest: Path) -> dict[str, object] | None:
+    """The JSON Schema shipped beside a sample manifest (``invoices.csv`` -> ``invoices.schema.json``)."""
+    schema = resources.files("pipeline") / "sample_inputs" / f"{manifest.stem}.schema.json"
+    if not schema.is_file():
+        return None
+    loaded: dict[str, object] = json.loads(schema.read_text(encoding="utf-8"))
+    return loaded
+
+
 def run_demo(out: Path, *, latency: float = 0.4, fault_rate: float = 0.2) -> int:
     """Run every sample manifest against the embedded simulator; the worst exit code."""
     with sample_inputs() as manifests:
@@ -46,6 +56,7 @@ def _run_all(manifests: list[Path], out: Path, *, latency: float, fault_rate: fl
         fault_kinds=("429", "500", "502_html", "524_html", "truncated", "empty_choices", "error_in_200"),
         retry_after_s=None,
         api_key=DEMO_KEY,
+        schema_fault_rate=fault_rate,  # the invoices manifest: prose, fenced, invalid and cut answers
     )
     worst: int = ExitCode.OK
     with SimServer(sim).start() as server:
@@ -66,6 +77,7 @@ def _run_all(manifests: list[Path], out: Path, *, latency: float, fault_rate: fl
                 progress="none",
                 price_prompt_per_1m=2.5,
                 price_completion_per_1m=10.0,
+                schema=answer_schema(path),
             )
             click.echo(f"\n== {path.name} -> {target}")
             summary = run(cfg)

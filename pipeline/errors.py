@@ -59,6 +59,7 @@ ERROR_TYPES = (
     "invalid_request",
     "content_filter",
     "unreadable_document",
+    "invalid_answer",  # a structured answer that never validated against the schema (issue 11)
 )
 
 

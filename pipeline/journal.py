@@ -48,6 +48,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .arrowutil import int_codes, numeric
 from .errors import StorageError
 from .records import Outcome
 from .schema import JOURNAL_SCHEMA, TS
@@ -122,10 +123,10 @@ def latest_per_id(table: pa.Table) -> pa.Table:
     if table.num_rows == 0:
         return table
     ids = table["request_id"].combine_chunks().dictionary_encode()
-    codes = ids.indices.to_numpy(zero_copy_only=False)
+    codes = int_codes(ids.indices)
     _, first_in_reversed = np.unique(codes[::-1], return_index=True)
     positions = np.sort(len(codes) - 1 - first_in_reversed)
-    return table.take(positions)
+    return table.take(numeric(positions.astype(np.int64)))
 
 
 # -------------------------------------------------------------------------- reading

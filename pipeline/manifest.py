@@ -36,6 +36,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .arrowutil import int_scalar, numeric, string_scalar, strings
 from .config import DEFAULT_TEMPLATE, JobConfig
 from .errors import ManifestError
 from .idset import IdIndex, hash_ids
@@ -115,10 +116,10 @@ class Manifest:
         output = tuple(f"input_{n}" if n in RESERVED else n for n in passthrough)
         self.columns = Columns(url, question, ident, passthrough, output)
         self._template_fields = self._check_template(cfg.template, names)
-        prefix = orjson.dumps(
-            [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE],
-            option=orjson.OPT_SORT_KEYS,
-        )
+        hashed: list[Any] = [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE]
+        if cfg.schema is not None:  # a different answer schema is a different request (ids without one unchanged)
+            hashed.append(cfg.schema)
+        prefix = orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)
         self._hash_prefix = prefix + b"\x1e"
         self.num_rows = self._prepass()
         if self.num_rows == 0:
@@ -224,14 +225,14 @@ class Manifest:
                 ids.append(batch.column(c.id).cast(pa.string()))
         if c.id and ids:
             all_ids = pa.chunked_array(ids)
-            empty = pa.scalar("")
+            empty = string_scalar("")
             filled = all_ids.fill_null(empty)
             first = pc.index(filled, empty).as_py()  # -1 when no id is null or empty
             if first is not None and first >= 0:
                 raise ManifestError(f"{self.path}: column {c.id!r} is empty at row {first + 1}")
             if pc.count_distinct(all_ids).as_py() != len(all_ids):
                 counts = pc.value_counts(all_ids)
-                repeated = pc.filter(counts, pc.greater(counts.field("counts"), pa.scalar(1)))
+                repeated = pc.filter(counts, pc.greater(counts.field("counts"), int_scalar(1)))
                 value = repeated[0]["values"].as_py()
                 rows = [(i or 0) + 1 for i in pc.indices_nonzero(pc.equal(all_ids, value)).to_pylist()[:5]]
                 raise ManifestError(
@@ -275,16 +276,13 @@ class Manifest:
                 self._content(u.strip(), q, extra[i] if extra is not None else None)
                 for i, (u, q) in enumerate(zip(urls, questions, strict=True))
             ]
-            if c.id:
-                ids = batch.column(c.id).cast(pa.string())
-            else:
-                ids = pa.array([self.request_id_for(x) for x in contents], pa.string())
-            indices = pa.array(range(index, index + batch.num_rows), pa.int64())
+            ids = batch.column(c.id).cast(pa.string()) if c.id else strings([self.request_id_for(x) for x in contents])
+            indices = numeric(np.arange(index, index + batch.num_rows, dtype=np.int64))
             index += batch.num_rows
             batch = batch.append_column("__row_index", indices)
             if shard is not None:
                 k, n = shard
-                keep = pa.array([_shard_of(str(i), n) == k - 1 for i in ids.to_pylist()])
+                keep = numeric(np.array([_shard_of(str(i), n) == k - 1 for i in ids.to_pylist()], dtype=np.bool_))
                 batch, ids = batch.filter(keep), ids.filter(keep)
                 contents = [x for x, m in zip(contents, keep.to_pylist(), strict=True) if m]
             if limit is not None and seen + batch.num_rows > limit:

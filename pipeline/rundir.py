@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import journal
+from .arrowutil import string_scalar
 from .errors import StorageError
 from .idset import IdIndex, hash_ids
 from .schema import JOURNAL_SCHEMA
@@ -113,7 +114,7 @@ class RunDir:
 
         latest = self.latest(["request_id", "status"]) if prior is None else prior
         if retry_failed:
-            latest = latest.filter(pc.equal(latest["status"], pa.scalar("ok")))
+            latest = latest.filter(pc.equal(latest["status"], string_scalar("ok")))
         return IdIndex(hash_ids(latest["request_id"]))
 
     @staticmethod

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+from .arrowutil import string_scalar
 from .budget import BudgetGuard, check_before_start, estimate_rows
 from .client import GatewayClient
 from .config import JobConfig, seconds_until
@@ -46,9 +47,12 @@ from .rundir import RunDir
 from .runrecord import Counts, RunRecord, results_counts
 from .sender import RowSender
 from .storage import atomic_write_bytes
+from .structured.ask import Asker, asker_for
 
 log = logging.getLogger("docpipe")
-COMPACTED_MARK = ".compacted.json"  # what results.parquet was last built from
+COMPACTED_MARK = ".compacted.json"
+#: Rows above which a run leaves OUT/_report.html to `docpipe report` (see Run._write_report)
+AUTO_REPORT_ROWS = 200_000  # what results.parquet was last built from
 
 
 class Run:
@@ -74,6 +78,7 @@ class Run:
             breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
         )
         self.journal: JournalWriter | None = None  # opened once the folder's lock is held
+        self.asker = asker_for(cfg)  # structured answers: the schema's columns, checks and the run's mode
         self._signals = 0
 
     # -- the run -----------------------------------------------------------------
@@ -95,10 +100,10 @@ class Run:
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
-        prior = self.run_dir.latest(["request_id", "status"])
-        skip = self.run_dir.skip_index(cfg.retry_failed, prior)
+        prior, reused, skip_prior = _prior(self.run_dir, manifest, cfg, self.asker)
+        skip = self.run_dir.skip_index(cfg.retry_failed, skip_prior)
         prior_counts = _prior_counts(prior, cfg.retry_failed)
-        del prior
+        del prior, skip_prior
         self.record.begin(manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows),
                           prior_counts)  # fmt: skip
         budget = BudgetGuard(cfg)
@@ -109,9 +114,11 @@ class Run:
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self.stop.request(str(e))
         self._write_info(self.record.running())
+        for outcome in reused:  # stored answers that fit a changed schema: no request
+            self._record(outcome)
         with self._signal_handlers():
             async with GatewayClient(cfg) as client, self._background():
-                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record)
+                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
                 producer_error = await pool.run()
@@ -146,12 +153,17 @@ class Run:
         if self.progress is not None:
             self.progress.close(self.record.snapshot(self.pacer.slots))
         self._write_info(summary)
-        self._write_report()
+        self._write_report(summary.ok + summary.failed)
         return summary
 
-    def _write_report(self) -> None:
+    def _write_report(self, rows: int) -> None:
         """OUT/_report.html after every run that got this far (also an aborted one): a
-        convenience, so a failure to draw it never changes the run's outcome."""
+        convenience, so a failure to draw it never changes the run's outcome. Above
+        :data:`AUTO_REPORT_ROWS` rows it is left to ``docpipe report OUT``: drawing reads
+        every row's figures (376 MB at 1 000 000 rows), which would double a run's memory."""
+        if rows > AUTO_REPORT_ROWS:
+            log.info("%d rows: make the page with `docpipe report %s`", rows, self.run_dir.path)
+            return
         try:
             from .htmlreport import write_report
 
@@ -171,7 +183,8 @@ class Run:
             from .compaction import compact  # at the end only: import time counts before the first request
 
             release_memory()  # the pool's buffers are garbage now; compaction's peak should not stack on them
-            await asyncio.to_thread(compact, self.run_dir, manifest)
+            spec = self.asker.spec if self.asker is not None else None
+            await asyncio.to_thread(compact, self.run_dir, manifest, spec=spec)
             self.record.timings["compaction_s"] = round(time.monotonic() - t0, 4)
             mark_results_current(self.run_dir, self.cfg, manifest)
         except OSError as e:
@@ -212,7 +225,10 @@ class Run:
 
     def _write_info(self, summary: RunSummary) -> None:
         try:
-            self.run_dir.write_run_info(self.record.info(summary))
+            info = self.record.info(summary)
+            if self.asker is not None:
+                info.update(self.asker.mode.info())
+            self.run_dir.write_run_info(info)
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)
 
@@ -302,7 +318,7 @@ def _fingerprint(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> dict[st
     return {"journal": [p.name for p in run_dir.parts()],
             "manifest": [os.path.abspath(manifest.path), st.st_size, st.st_mtime_ns],
             "scope": [cfg.limit, cfg.shard, cfg.model, cfg.system, dict(cfg.params), cfg.template,
-                      cfg.id_column, cfg.file_url_column, cfg.question_column]}  # fmt: skip
+                      cfg.id_column, cfg.file_url_column, cfg.question_column, cfg.schema]}  # fmt: skip
 
 
 def results_current(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> bool:
@@ -321,13 +337,32 @@ def mark_results_current(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) ->
     atomic_write_bytes(run_dir.journal / COMPACTED_MARK, json.dumps(_fingerprint(run_dir, cfg, manifest)).encode())
 
 
+def _prior(run_dir: RunDir, manifest: Manifest, cfg: JobConfig, asker: Asker | None) -> tuple[Any, list[Outcome], Any]:
+    """(what the folder holds: request_id and status, outcomes to journal without a request, what to skip).
+
+    Only a structured run whose schema changed since the last run differs from the plain
+    read (pipeline/structured/reuse.py): stale answers are asked again, fitting ones reused."""
+    prior = run_dir.latest(["request_id", "status"])
+    if asker is None:
+        return prior, [], prior
+    from .structured.reuse import mark_stale, reuse
+
+    reused, stale = reuse(run_dir, manifest, cfg, asker.checker)
+    prior, skip = mark_stale(prior, stale)
+    if not reused:
+        return prior, [], skip
+    import pyarrow as pa
+
+    ids = pa.table({"request_id": [o.request_id for o in reused], "status": ["ok"] * len(reused)})
+    return prior, reused, pa.concat_tables([skip, ids.cast(skip.schema)])
+
+
 def _prior_counts(prior: Any, retry_failed: bool) -> Counts:
     """What the folder already holds, as progress counts it (failed rows count as to do
     again under --retry-failed)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    ok = (pc.sum(pc.equal(prior["status"], pa.scalar("ok"))).as_py() or 0) if prior.num_rows else 0
+    ok = (pc.sum(pc.equal(prior["status"], string_scalar("ok"))).as_py() or 0) if prior.num_rows else 0
     failed = 0 if retry_failed else prior.num_rows - ok
     return Counts(ok=ok, failed=failed)
 

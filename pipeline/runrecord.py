@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .arrowutil import string_scalar
 from .config import JobConfig
 from .errors import ExitCode
 from .limits import AdaptiveLimit
@@ -45,7 +46,7 @@ class Counts:
 
         if table.num_rows == 0:
             return cls()
-        ok = int(pc.sum(pc.cast(pc.equal(table["status"], pa.scalar(Status.OK.value)), pa.int64())).as_py() or 0)
+        ok = int(pc.sum(pc.cast(pc.equal(table["status"], string_scalar(Status.OK.value)), pa.int64())).as_py() or 0)
         counted = pc.value_counts(table["error_type"].drop_null())
         values, counts = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
         errors = {str(k): int(v or 0) for k, v in zip(values, counts, strict=True)}
@@ -61,7 +62,8 @@ class Counts:
 
 
 def results_counts(path: Any) -> Counts:
-    return Counts.of(pq.read_table(path, columns=_COUNTED))
+    # ParquetFile, not read_table: the dataset layer read_table goes through imports pandas
+    return Counts.of(pq.ParquetFile(path).read(columns=_COUNTED))
 
 
 def exit_for(stopped: bool, failed: int, pending: int) -> tuple[Ended, ExitCode]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -67,26 +67,36 @@ NULLABLE_INTS: dict[str, str] = {
 }
 
 
-def output_schema(manifest_fields: Sequence[pa.Field[Any]]) -> pa.Schema:
+def output_schema(
+    manifest_fields: Sequence[pa.Field[Any]],
+    answer_fields: Sequence[pa.Field[Any]] = (),
+    answer_dtypes: Mapping[str, str] | None = None,
+    metadata: Mapping[bytes, bytes] | None = None,
+) -> pa.Schema:
     """The schema of results.parquet for a manifest whose passthrough columns are
-    ``manifest_fields`` (already renamed away from :data:`RESERVED_NAMES`)."""
+    ``manifest_fields`` (already renamed away from :data:`RESERVED_NAMES`).
+
+    A structured job (pipeline/structured) adds its typed ``answer_fields`` after the
+    standard columns, the nullable pandas dtypes some of them need (``answer_dtypes``)
+    and extra schema ``metadata`` (the JSON Schema)."""
     fields = [pa.field(n, pa.string()) for n in INPUT_COLUMNS]
-    fields += [*manifest_fields, *(JOURNAL_SCHEMA.field(n) for n in OUTCOME_COLUMNS)]
+    fields += [*manifest_fields, *(JOURNAL_SCHEMA.field(n) for n in OUTCOME_COLUMNS), *answer_fields]
     schema = pa.schema(fields)
-    return schema.with_metadata(pandas_metadata(schema.names))
+    return schema.with_metadata({**pandas_metadata(schema.names, answer_dtypes), **(metadata or {})})
 
 
-def pandas_metadata(names: Iterable[str]) -> dict[bytes, bytes]:
+def pandas_metadata(names: Iterable[str], extra: Mapping[str, str] | None = None) -> dict[bytes, bytes]:
     """Schema metadata that makes ``pd.read_parquet`` give nullable Int64/Int16
     token and status columns without any ``dtype_backend`` argument.
 
     pyarrow maps a column to a pandas extension dtype when the metadata names it
     (``numpy_type``); the other columns keep their default conversion.
     """
+    dtypes = {**NULLABLE_INTS, **(extra or {})}
     cols = [
         {"name": n, "field_name": n, "pandas_type": dtype.lower(), "numpy_type": dtype, "metadata": None}
         for n in names
-        if (dtype := NULLABLE_INTS.get(n))
+        if (dtype := dtypes.get(n))
     ]
     meta: dict[str, object] = {
         "index_columns": [],

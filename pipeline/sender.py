@@ -15,6 +15,11 @@ into the run's stop:
   probes fail; rows that fail on their own (a handful of poisoned documents) use
   up their ``max_attempts`` and are recorded ``failed``.
 
+A structured row (``cfg.schema``) goes through :class:`~pipeline.structured.ask.Asker`,
+which calls :meth:`RowSender._turn` once per request of its conversation (re-asks,
+the cut-answer retry); each such request gets the transient retries above, and
+``attempts`` counts every request sent.
+
 A row the run stops before it is answered returns None: it stays *pending* (not
 failed), so the next run sends it.
 """
@@ -42,6 +47,7 @@ from .limits import Pacer
 from .records import Completion, Failure, Outcome, Row, make_outcome
 from .retry import retrying, should_retry, wait_for
 from .runrecord import RunRecord
+from .structured.ask import Asker, Turn
 from .tokens import estimate_prompt
 
 log = logging.getLogger("docpipe")
@@ -68,6 +74,15 @@ class _Attempts:
     count: int = 0
     rate_limited: int = 0  # 429s: not processed by the gateway, so not counted against --max-attempts
     latency: float | None = None  # seconds of the last attempt that reached the gateway
+    answered: int = 0  # answers received (a structured row may get several: re-asks)
+    _per_turn: int = 0
+
+    def next_turn(self) -> None:
+        """A structured re-ask is a new request: it gets its own ``max_attempts`` for transient errors."""
+        self.max_attempts = self.count - self.rate_limited + self._per_turn
+
+    def __post_init__(self) -> None:
+        self._per_turn = self.max_attempts
 
     def exhausted(self) -> bool:
         processed = self.count - self.rate_limited
@@ -85,6 +100,7 @@ class RowSender:
         budget: BudgetGuard,
         stop: StopControl,
         record: RunRecord,
+        asker: Asker | None = None,
     ) -> None:
         self.cfg = cfg
         self.client = client
@@ -92,6 +108,7 @@ class RowSender:
         self.budget = budget
         self.stop = stop
         self.record = record
+        self.asker = asker  # structured answers (pipeline/structured): one conversation per row
         self._completion_estimate = completion_estimate(cfg)
         self._sending = 0  # requests on the wire (the budget reserves for them)
         self._no_channel_streak = 0
@@ -103,8 +120,12 @@ class RowSender:
         cfg = self.cfg
         tries = _Attempts(cfg.max_attempts, cfg.unreadable_retries)
         started = time.time()
+        invalid: Failure | None = None
         try:
-            completion = await self._answer(row, tries)
+            if self.asker is None:
+                completion = await self._answer(row, tries)
+            else:
+                completion, invalid = await self.asker.ask(lambda turn: self._turn(row, tries, turn))
         except (Stopped, RunFatalError):
             return None
         except RequestError as e:
@@ -115,16 +136,24 @@ class RowSender:
             return make_outcome(row, None, failure=failure, started=started, completed=time.time(),
                                 attempts=tries.count, latency=tries.latency, cost=None)  # fmt: skip
         self.record.sent_rows += 1
-        cost = cfg.cost(completion.prompt_tokens, completion.completion_tokens)
-        return make_outcome(row, completion, failure=None, started=started, completed=time.time(),
+        cost = cfg.cost(completion.prompt_tokens, completion.completion_tokens, requests=max(1, tries.answered))
+        return make_outcome(row, completion, failure=invalid, started=started, completed=time.time(),
                             attempts=tries.count, latency=tries.latency, cost=cost)  # fmt: skip
 
-    async def _answer(self, row: Row, tries: _Attempts) -> Completion:
+    async def _turn(self, row: Row, tries: _Attempts, turn: Turn) -> Completion:
+        """One request of a structured row's conversation, with its own transient retries."""
+        if tries.count:
+            tries.next_turn()
+        completion = await self._answer(row, tries, turn)
+        tries.answered += 1
+        return completion
+
+    async def _answer(self, row: Row, tries: _Attempts, turn: Turn | None = None) -> Completion:
         """The first attempt plainly; tenacity only once it failed with something retryable."""
         estimate = estimate_prompt(row.content, self.cfg.system)
         deadline = time.monotonic() + self.cfg.row_budget
         try:
-            return await self._attempt(row, tries, estimate)
+            return await self._attempt(row, tries, estimate, turn)
         except (RetryableError, UnreadableDocument) as first:
             if self.cfg.max_attempts <= 1 or not self._retry_on(row, tries, first):
                 raise
@@ -147,7 +176,7 @@ class RowSender:
         )
         async for try_ in controller:
             with try_:
-                return await self._attempt(row, tries, estimate)
+                return await self._attempt(row, tries, estimate, turn)
         raise AssertionError("tenacity ended without a result")  # pragma: no cover
 
     def _retry_on(self, row: Row, tries: _Attempts, e: BaseException) -> bool:
@@ -162,7 +191,7 @@ class RowSender:
                              "attempt": tries.count, "error_type": e.error_type, "retry": ok})  # fmt: skip
         return ok
 
-    async def _attempt(self, row: Row, tries: _Attempts, estimate: int) -> Completion:
+    async def _attempt(self, row: Row, tries: _Attempts, estimate: int, turn: Turn | None) -> Completion:
         tries.count += 1
         breaker = self.pacer.breaker
         if breaker.is_open:
@@ -172,10 +201,10 @@ class RowSender:
                     if self.stop.is_set:
                         raise Stopped
                     log.warning("gateway failing: probing with one request")
-                    return await self._send(row, tries, estimate, probe=True)
-        return await self._send(row, tries, estimate, probe=False)
+                    return await self._send(row, tries, estimate, turn, probe=True)
+        return await self._send(row, tries, estimate, turn, probe=False)
 
-    async def _send(self, row: Row, tries: _Attempts, estimate: int, *, probe: bool) -> Completion:
+    async def _send(self, row: Row, tries: _Attempts, estimate: int, turn: Turn | None, *, probe: bool) -> Completion:
         pacer = self.pacer
         await self.stop.before_send(pacer.slots.acquire())
         try:
@@ -189,7 +218,7 @@ class RowSender:
             t0 = time.monotonic()
             self._sending += 1
             try:
-                completion = await self.client.complete(row)
+                completion = await self.client.complete(row, turn)
             except RequestError as e:
                 tries.latency = time.monotonic() - t0
                 if isinstance(e, RateLimited):

@@ -29,6 +29,7 @@ closing report does, after the run).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,7 +50,8 @@ from .schema import pandas_metadata
 from .storage import JOURNAL_DIR, RESULTS_FILE, atomic_write_table
 
 __all__ = [
-    "ChangedAnswer", "CountDelta", "DiffReport", "FailedRow", "LatencyStats", "MergeReport", "MergeSource",
+    "AnswerField", "ChangedAnswer", "CountDelta", "DiffReport", "FailedRow", "LatencyStats", "MergeReport",
+    "MergeSource",
     "RunRef", "SlowRow", "Source", "SummaryReport", "Throughput", "TokenDeltas", "TokenTotals", "ValueDelta",
     "diff", "dumps", "format_diff", "format_merge", "format_summary_report", "merge", "summarize",
 ]  # fmt: skip
@@ -160,6 +162,18 @@ class FailedRow(JsonRecord):
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerField(JsonRecord):
+    """One structured-answer column (issue 11): how often it is null, and for enums and
+    booleans what it holds."""
+
+    column: str
+    rows: int
+    nulls: int
+    null_share: float
+    values: Mapping[str, int] | None  # enums and booleans: value -> rows, most common first; else None
+
+
+@dataclass(frozen=True, slots=True)
 class SummaryReport(JsonRecord):
     """What :func:`summarize` found; ``to_dict()`` is ``docpipe summary --json``."""
 
@@ -175,6 +189,7 @@ class SummaryReport(JsonRecord):
     slowest: tuple[SlowRow, ...]  # at most TOP
     failed_rows: int
     failed: tuple[FailedRow, ...]  # the first TOP in file order
+    fields: tuple[AnswerField, ...] = ()  # structured-answer columns, when the job had a schema
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +419,54 @@ def summarize(paths: Sequence[str | os.PathLike[str]]) -> SummaryReport:
         slowest=_slowest(df),
         failed_rows=len(failed),
         failed=tuple(_failed_row(r) for r in failed.head(TOP).to_dict("records")),
+        fields=_answer_fields(paths),
     )
+
+
+def _answer_fields(paths: Sequence[str | os.PathLike[str]]) -> tuple[AnswerField, ...]:
+    """Null shares (and enum/boolean value counts) of the structured-answer columns, summed
+    over the folders whose results.parquet carries an answer schema in its metadata."""
+    from .structured import METADATA_KEY, compile_spec
+
+    nulls: dict[str, list[int]] = {}  # column -> [rows, nulls]
+    values: dict[str, dict[str, int] | None] = {}
+    for p in paths:
+        results = _locate(p)[1]
+        schema = pq.read_schema(results) if results.exists() else None
+        raw = (schema.metadata or {}).get(METADATA_KEY) if schema is not None else None
+        if schema is None or raw is None:
+            continue
+        spec = compile_spec(json.loads(raw))
+        props = spec.schema.get("properties", {})
+        # compaction appends the answer columns last (renamed answer_<name> where a name was taken)
+        names = schema.names[len(schema.names) - len(spec.columns) :]
+        table = pq.read_table(results, columns=names)
+        for c, name in zip(spec.columns, names, strict=True):
+            col = table[name]
+            counts = nulls.setdefault(name, [0, 0])
+            counts[0] += len(col)
+            counts[1] += col.null_count
+            if "enum" in props.get(c.prop, {}) or pa.types.is_boolean(c.type):
+                seen = values.get(name) or {}
+                for v, n in zip(*_value_counts(col), strict=True):
+                    seen[v] = seen.get(v, 0) + n
+                values[name] = seen
+            else:
+                values.setdefault(name, None)
+    return tuple(_answer_field(name, rows, n, values[name]) for name, (rows, n) in nulls.items())
+
+
+def _answer_field(name: str, rows: int, nulls: int, values: dict[str, int] | None) -> AnswerField:
+    ordered = None if values is None else dict(sorted(values.items(), key=lambda kv: -kv[1]))
+    return AnswerField(column=name, rows=rows, nulls=nulls, null_share=nulls / rows if rows else 0.0, values=ordered)
+
+
+def _value_counts(col: pa.ChunkedArray[Any]) -> tuple[list[str], list[int]]:
+    import pyarrow.compute as pc
+
+    counted = pc.value_counts(col.drop_null())
+    keys = [str(v).lower() if isinstance(v, bool) else str(v) for v in counted.field("values").to_pylist()]
+    return keys, [int(n or 0) for n in counted.field("counts").to_pylist()]
 
 
 def _latency(s: pd.Series) -> LatencyStats:
@@ -471,6 +533,11 @@ def format_summary_report(r: SummaryReport) -> str:
         w = max(len(s.request_id) for s in r.slowest)
         lines += [f"  {_na(s.latency_ms):>9}  {s.request_id:<{w}}  {s.status:<6}  {_na(s.attempts, 'd'):>2}  "
                   f"{s.file_url or ''}" for s in r.slowest]  # fmt: skip
+    if r.fields:
+        lines.append("answer fields (nulls; values of enums and booleans):")
+        for f in r.fields:
+            counted = "" if f.values is None else "  " + ", ".join(f"{k} {n}" for k, n in f.values.items())
+            lines.append(f"  {f.column}: {f.nulls}/{f.rows} null ({f.null_share:.0%}){counted}")
     if r.failed:
         lines.append(f"failed ({len(r.failed)} of {r.failed_rows}):")
         lines += [f"  {f.request_id}  {f.error_type or 'unknown'}"

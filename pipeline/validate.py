@@ -188,6 +188,12 @@ def _empty_report(manifest: Manifest, cfg: JobConfig) -> Validation:
         "passthrough": dict(zip(c.passthrough, c.output_names, strict=True)),
         "template": cfg.template,
     }
+    if cfg.schema is not None:  # the typed columns a structured run adds (pipeline/structured)
+        from .schema import INPUT_COLUMNS, OUTCOME_COLUMNS
+        from .structured.spec import compile_spec
+
+        spec = compile_spec(cfg.schema).renamed([*INPUT_COLUMNS, *OUTCOME_COLUMNS, *c.output_names])
+        columns["answer_columns"] = {col.name: str(col.type) for col in spec.columns}
     return Validation(manifest=manifest.path, format=manifest.format, columns=columns, rows=0, out=cfg.out)
 
 
@@ -330,6 +336,8 @@ def format_validation(v: Validation) -> str:
         f"columns: file_url <- {c['file_url']!r}, question <- {c['question']!r}, request_id <- {c['request_id']}",
         f"passthrough: {passthrough or '(none)'}",
     ]
+    if "answer_columns" in c:
+        lines.append("answer columns: " + ", ".join(f"{n} {t}" for n, t in c["answer_columns"].items()))
     if v.bad_rows:
         lines.append(f"bad rows: {v.bad_rows} (failed as invalid_input, never sent)")
         lines += [f"  row {b.row} ({b.request_id}): {b.reason}" for b in v.bad_examples]

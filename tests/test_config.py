@@ -76,6 +76,9 @@ SETTINGS: list[tuple[str, tuple[str, str] | None, Any, Any, Any, str]] = [
     ("progress_interval", ("run", "progress_interval"), "1m", 60.0, 0, "greater than 0"),
     ("batch_rows", None, 500, 500, 0, "at least 1"),
     ("api_key", None, " sk-abc ", "sk-abc", "sk abc", "without spaces"),
+    ("schema_mode", ("output", "mode"), "instructions", "instructions", "json",
+     "expected one of auto, response_format, instructions"),
+    ("schema_retries", ("output", "schema_retries"), 3, 3, 11, "expected an integer from 0 to 10"),
     # generation parameters: cfg.params
     ("temperature", ("request", "temperature"), 0, 0, 2.5, "expected a number from 0 to 2"),
     ("top_p", ("request", "top_p"), 0.9, 0.9, 1.5, "from 0 to 1"),
@@ -87,8 +90,8 @@ SETTINGS: list[tuple[str, tuple[str, str] | None, Any, Any, Any, str]] = [
     ("user", ("request", "user"), "nightly", "nightly", 5, "expected non-empty text"),
 ]
 # fmt: on
-# the paths (manifest, out, api_key_file) and params have tests of their own
-COVERED = {s[0] for s in SETTINGS} | {"manifest", "out", "params"}
+# the paths (manifest, out, api_key_file) and params have tests of their own; schema in test_structured_spec.py
+COVERED = {s[0] for s in SETTINGS} | {"manifest", "out", "params", "schema"}
 IN_JOB_FILES = [s for s in SETTINGS if s[1] is not None]
 
 

@@ -389,7 +389,8 @@ def test_retry_after_kept_or_violated_with_injected_clock() -> None:
 
 
 def test_gates_in_the_documented_order() -> None:
-    assert [g.__name__ for g in GATES] == ["auth", "body", "model", "quota", "capacity", "rpm", "fault"]
+    names = ["auth", "body", "model", "quota", "capacity", "rpm", "response_format", "fault"]
+    assert [g.__name__ for g in GATES] == names
 
 
 def test_each_gate_answers_before_the_next(sim: SimServer) -> None:

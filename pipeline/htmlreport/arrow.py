@@ -12,10 +12,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..arrowutil import string_scalar
+
 
 def equal(column: Any, value: str) -> Any:
     """A boolean mask: ``column == value`` (null where the column is null)."""
-    return pc.equal(column, pa.scalar(value))
+    return pc.equal(column, string_scalar(value))
 
 
 def filled(values: Any, value: Any = False) -> Any:

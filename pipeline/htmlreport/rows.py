@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..arrowutil import numeric
 from . import arrow
 
 DETAILS = ["request_id", "file_url", "error_message", "gateway_request_id"]
@@ -61,7 +62,7 @@ class RowSource:
             return []
         if self.table is not None:
             cols = [c for c in DETAILS if c in self.table.column_names]
-            return self.table.select(cols).take(pa.array(indices, pa.int64())).to_pylist()
+            return self.table.select(cols).take(numeric(np.asarray(indices, dtype=np.int64))).to_pylist()
         assert self.path is not None
         f = pq.ParquetFile(self.path)
         cols = [c for c in DETAILS if c in f.schema_arrow.names]
@@ -71,7 +72,7 @@ class RowSource:
         found: dict[int, dict[str, Any]] = {}
         for g in np.unique(groups):
             mine = wanted[groups == g]
-            part = f.read_row_group(int(g), columns=cols).take(pa.array(mine - starts[g]))
+            part = f.read_row_group(int(g), columns=cols).take(numeric((mine - starts[g]).astype(np.int64)))
             found.update(zip(mine.tolist(), part.to_pylist(), strict=True))
         return [found[int(i)] for i in indices]
 
@@ -79,7 +80,7 @@ class RowSource:
 def rows_at(table: pa.Table, source: RowSource, at: Sequence[int]) -> list[dict[str, Any]]:
     """:data:`ROW_COLUMNS` of the rows at positions ``at``, as dicts."""
     cols = [c for c in ROW_COLUMNS if c in table.column_names and c not in DETAILS]
-    light = table.select(cols).take(pa.array(at, pa.int64())).to_pylist()
+    light = table.select(cols).take(numeric(np.asarray(at, dtype=np.int64))).to_pylist()
     return [{**d, **x} for d, x in zip(source.fetch(at), light, strict=True)]
 
 

@@ -16,7 +16,9 @@ Modules
 ``responses``  canned error bodies, HTML pages and response helpers
 ``completion`` success bodies and SSE event lists, including the 200-shaped faults (pure)
 ``state``      counters, the RPM window, attempts, /_sim/stats
-``gates``      the chat request's gates: auth, body, model, quota, capacity, rpm, fault
+``gates``      the chat request's gates: auth, body, model, quota, capacity, rpm, response_format, fault
+``structured`` schema-shaped answers (response_format or instruction form), their faults, the
+               response_format gate; ``structured_kinds`` names the faults
 ``chat``       the chat handler: gates, then latency / hang, then the planned answer
 ``handlers``   models, billing, token usage, /_sim control plane
 ``server``     make_app, serve, SimServer (a thread of its own)
@@ -28,7 +30,8 @@ Endpoints (base URL ``http://HOST:PORT/v1``)
     auth (401 "无效的令牌") -> body (400) -> model (``no_channel``: 503 "当前分组
     default 下对于模型 M 无可用渠道") -> quota (401 "该令牌额度已用尽" or 403
     ``insufficient_user_quota``) -> capacity (429, empty body, no Retry-After) ->
-    rpm (429 with Retry-After) -> fault (directives / random fault mix) -> upstream
+    rpm (429 with Retry-After) -> response_format (400 naming it, when
+    ``response_format = "reject"``) -> fault (directives / random fault mix) -> upstream
     latency -> success (plain JSON or SSE when ``"stream": true``).
 ``GET /v1/models``
     ``{"object":"list","data":[...]}`` or new-api ``{"success":true,"data":[...]}``.
@@ -69,6 +72,9 @@ Directives (in the user content; they replace the random fault mix for that requ
 ``[[sim:fault=KIND]]``        attempt 1 gets fault KIND; ``[[sim:fault=KIND*3]]`` attempts 1..3.
 ``[[sim:unreadable]]``        success, answer = :data:`UNREADABLE_ANSWER`.
 ``[[sim:finish=length]]``     success with that ``finish_reason`` (any word is accepted).
+``[[sim:schema_fault=KIND]]``  a structured answer shaped by KIND (prose, fenced, sentence,
+                              violating, truncated) for the first answer; ``KIND*N`` the first N
+                              answers of the row's conversation (see :mod:`.structured`).
 ``[[sim:answer_bytes=N]]``    success whose answer is exactly N UTF-8 bytes
                               (:func:`sized_answer`; 0..256 MiB; streamed in deltas of at
                               most 4096 characters).
@@ -88,13 +94,17 @@ from .config import SimConfig
 from .kinds import DEFAULT_FAULT_KINDS, FAULT_KINDS, FaultKind
 from .plan import Plan, fault_for, plan_attempt
 from .server import SimServer, make_app, serve
+from .structured import structured_answer_for
+from .structured_kinds import SCHEMA_FAULTS, SchemaFault
 
 __all__ = [
     "DEFAULT_FAULT_KINDS",
     "FAULT_KINDS",
+    "SCHEMA_FAULTS",
     "UNREADABLE_ANSWER",
     "FaultKind",
     "Plan",
+    "SchemaFault",
     "SimConfig",
     "SimServer",
     "answer_for",
@@ -103,5 +113,6 @@ __all__ = [
     "plan_attempt",
     "serve",
     "sized_answer",
+    "structured_answer_for",
     "usage_for",
 ]

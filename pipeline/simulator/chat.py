@@ -16,6 +16,7 @@ from .gates import GATES, Call
 from .kinds import FaultKind
 from .plan import latency_for
 from .state import DROPPED, STATE
+from .structured import schema_of, structured_text
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -92,8 +93,13 @@ def drop_connection(request: web.Request) -> None:
 
 def _completion(call: Call) -> Completion:
     plan = call.plan
+    finish = plan.finish
+    schema, instructed = schema_of(call.body, call.messages) if _asks_structured(call) else (None, False)
     if plan.unreadable:
         text = UNREADABLE_ANSWER
+    elif schema is not None:
+        text, forced = structured_text(call, schema, instructed)
+        finish = forced or finish
     elif plan.answer_bytes is not None:
         text = sized_answer(call.model, call.content, plan.answer_bytes)
     else:
@@ -104,9 +110,16 @@ def _completion(call: Call) -> Completion:
         created=int(time.time()),
         model=call.state.alias.get(call.model, call.model),
         answer=text,
-        finish=plan.finish,
+        finish=finish,
         prompt_tokens=prompt,
         completion_tokens=completion,
+    )
+
+
+def _asks_structured(call: Call) -> bool:
+    # cheap test first: the plain (bench) path pays one dict look-up and one scan of short system messages
+    return "response_format" in call.body or any(
+        isinstance(m, dict) and m.get("role") == "system" for m in call.messages
     )
 
 

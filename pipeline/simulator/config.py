@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .kinds import DEFAULT_FAULT_KINDS, FAULT_KINDS
+from .structured_kinds import RESPONSE_FORMAT_SUPPORT, SCHEMA_FAULTS
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,17 @@ class SimConfig:
     # keep every parsed chat request body (GET /_sim/bodies, SimServer.bodies()) so
     # tests can assert on what the client sent; off by default to keep bench memory flat
     record_bodies: bool = False
+    # structured answers (.structured): what the gateway does with response_format, and answer faults
+    response_format: str = "accept"  # accept | reject (400 naming it) | ignore (prose)
+    schema_fault_rate: float = 0.0
+    schema_fault_kinds: tuple[str, ...] = SCHEMA_FAULTS
 
     def __post_init__(self) -> None:
         # JSON (the /_sim/config endpoint, job files) delivers lists and dicts, a CLI
         # flag "500,503": normalise so the dataclass stays hashable and comparable.
         set_ = object.__setattr__
         set_(self, "fault_kinds", _names(self.fault_kinds))
+        set_(self, "schema_fault_kinds", _names(self.schema_fault_kinds))
         set_(self, "models", _names(self.models))
         set_(self, "model_alias", _pairs(self.model_alias))
         _validate(self)
@@ -70,6 +76,7 @@ class SimConfig:
         """JSON-ready form; ``from_dict(to_dict())`` gives an equal config."""
         d = dataclasses.asdict(self)
         d["fault_kinds"] = list(self.fault_kinds)
+        d["schema_fault_kinds"] = list(self.schema_fault_kinds)
         d["models"] = list(self.models)
         d["model_alias"] = [list(p) for p in self.model_alias]
         return d
@@ -108,7 +115,7 @@ def _check_numbers(cfg: SimConfig) -> None:
             continue
         if not _is_number(value) or value < 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    for name in ("latency_jitter", "fault_rate"):
+    for name in ("latency_jitter", "fault_rate", "schema_fault_rate"):
         value = getattr(cfg, name)
         if not _is_number(value) or not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be within [0, 1], got {value!r}")
@@ -131,6 +138,11 @@ def _check_choices(cfg: SimConfig) -> None:
         raise ValueError(f"unknown fault kinds {unknown}; known: {list(FAULT_KINDS)}")
     if cfg.fault_rate > 0 and not cfg.fault_kinds:
         raise ValueError("fault_rate > 0 needs at least one fault kind")
+    bad = [k for k in cfg.schema_fault_kinds if k not in SCHEMA_FAULTS]
+    if bad or (cfg.schema_fault_rate > 0 and not cfg.schema_fault_kinds):
+        raise ValueError(f"schema_fault_kinds must be some of {list(SCHEMA_FAULTS)}, got {bad or 'none'}")
+    if cfg.response_format not in RESPONSE_FORMAT_SUPPORT:
+        raise ValueError(f"response_format must be one of {list(RESPONSE_FORMAT_SUPPORT)}, got {cfg.response_format!r}")
     if cfg.quota_style not in ("401", "403"):
         raise ValueError(f"quota_style must be '401' or '403', got {cfg.quota_style!r}")
     if cfg.models_shape not in ("openai", "newapi"):

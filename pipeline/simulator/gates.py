@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from . import responses as r
+from . import structured
 from .answers import key_digest, user_content
 from .config import SimConfig
 from .kinds import FaultKind
@@ -152,4 +153,4 @@ def immediate_response(call: Call) -> web.Response:
     return r.quota_exhausted("403" if kind is FaultKind.QUOTA_403 else "401")
 
 
-GATES: tuple[Gate, ...] = (auth, body, model, quota, capacity, rpm, fault)
+GATES: tuple[Gate, ...] = (auth, body, model, quota, capacity, rpm, structured.response_format, fault)

@@ -21,7 +21,8 @@ from .kinds import FAULT_KINDS, IMMEDIATE, FaultKind
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 _DIRECTIVE_RE = re.compile(r"\[\[sim:([a-z_]+)(?:=([^\]]*))?\]\]")
-_DIRECTIVES = frozenset({"status", "retry_after", "fault", "unreadable", "finish", "answer_bytes"})
+#: schema_fault is read by .structured (the answer's shape), not by the plan
+_DIRECTIVES = frozenset({"status", "retry_after", "fault", "unreadable", "finish", "answer_bytes", "schema_fault"})
 _WORD_RE = re.compile(r"[a-z_]+")
 
 
