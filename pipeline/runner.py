@@ -153,24 +153,8 @@ class Run:
         if self.progress is not None:
             self.progress.close(self.record.snapshot(self.pacer.slots))
         self._write_info(summary)
-        self._write_report(summary.ok + summary.failed)
+        _write_report(self.run_dir, summary.ok + summary.failed)
         return summary
-
-    def _write_report(self, rows: int) -> None:
-        """OUT/_report.html after every run that got this far (also an aborted one): a
-        convenience, so a failure to draw it never changes the run's outcome. Above
-        :data:`AUTO_REPORT_ROWS` rows it is left to ``docpipe report OUT``: drawing reads
-        every row's figures (376 MB at 1 000 000 rows), which would double a run's memory."""
-        if rows > AUTO_REPORT_ROWS:
-            log.info("%d rows: make the page with `docpipe report %s`", rows, self.run_dir.path)
-            return
-        try:
-            from .htmlreport import write_report
-
-            write_report(self.run_dir.path)
-        except Exception as e:
-            log.warning("could not write %s/_report.html: %s", self.run_dir.path, e)
-            log.debug("report failure", exc_info=True)
 
     async def _compact(self, manifest: Manifest) -> str | None:
         """Rebuild results.parquet unless it is current; its path, or None when it could not be written."""
@@ -310,6 +294,23 @@ class Run:
         while True:
             await asyncio.sleep(display.interval)
             display.update(self.record.snapshot(self.pacer.slots))
+
+
+def _write_report(run_dir: RunDir, rows: int) -> None:
+    """OUT/_report.html after every run that got this far (also an aborted one): a
+    convenience, so a failure to draw it never changes the run's outcome. Above
+    :data:`AUTO_REPORT_ROWS` rows it is left to ``docpipe report OUT``: drawing reads
+    every row's figures (376 MB at 1 000 000 rows), which would double a run's memory."""
+    if rows > AUTO_REPORT_ROWS:
+        log.info("%d rows: make the page with `docpipe report %s`", rows, run_dir.path)
+        return
+    try:
+        from .htmlreport import write_report
+
+        write_report(run_dir.path)
+    except Exception as e:
+        log.warning("could not write %s/_report.html: %s", run_dir.path, e)
+        log.debug("report failure", exc_info=True)
 
 
 def _fingerprint(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> dict[str, Any]:
