@@ -30,7 +30,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .budget import BudgetGuard, completion_estimate
+from .budget import BudgetGuard, completion_estimate, prompt_estimate
 from .client import GatewayClient, short
 from .config import JobConfig
 from .control import StopControl, Stopped
@@ -48,7 +48,6 @@ from .records import Completion, Failure, Outcome, Row, make_outcome
 from .retry import retrying, should_retry, wait_for
 from .runrecord import RunRecord
 from .structured.ask import Asker, Turn
-from .tokens import estimate_prompt
 
 log = logging.getLogger("docpipe")
 
@@ -150,7 +149,7 @@ class RowSender:
 
     async def _answer(self, row: Row, tries: _Attempts, turn: Turn | None = None) -> Completion:
         """The first attempt plainly; tenacity only once it failed with something retryable."""
-        estimate = estimate_prompt(row.content, self.cfg.system)
+        estimate = prompt_estimate(row.content, self.cfg)
         deadline = time.monotonic() + self.cfg.row_budget
         try:
             return await self._attempt(row, tries, estimate, turn)
