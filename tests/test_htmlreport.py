@@ -516,7 +516,8 @@ def test_report_memory_does_not_grow_with_the_rows(tmp_path: Path) -> None:
     for rows in (8_192, 131_072):
         folder = write_synthetic(tmp_path / str(rows), rows, seed=2)
         code = (
-            "import tracemalloc, pyarrow as pa; from pathlib import Path; from pipeline.htmlreport import write_report; "
+            "import tracemalloc, pyarrow as pa; from pathlib import Path; "
+            "from pipeline.htmlreport import write_report; "
             f"tracemalloc.start(); write_report(Path({str(folder)!r}), by='category'); "
             "print(pa.default_memory_pool().max_memory() + tracemalloc.get_traced_memory()[1])"
         )
