@@ -267,3 +267,16 @@ def test_run_line_shows_what_the_gateway_saw() -> None:
     line = run_line("faults-unkind/faults", run)
     assert " adaptive " in line and "limit=30 (min 12)" in line and "faults=230 wasted=0" in line
     assert "violated=1" in line and "seconds_without_requests=3" in line
+
+
+def test_structured_scenario_times_both_paths_and_checks_they_agree(tmp_path: Path) -> None:
+    """The structured-100k scenario's shape on 2 000 rows (its speed is never asserted)."""
+    from pipeline.bench import STRUCTURED_SCENARIO, measure_structured
+
+    res = measure_structured(tmp_path, rows=2_000)
+    assert res.name == STRUCTURED_SCENARIO and res.name in ALL_SCENARIOS
+    names = [c.name for c in res.checks]
+    assert names[0].startswith("check + columns us/row") and res.checks[0].target == "<= 30"
+    assert all(c.value > 0 for c in res.checks)
+    assert res.checks[-1].name == "column paths agree" and res.checks[-1].passed
+    assert "[before: 50-75 us]" in scenario_line(res)

@@ -183,3 +183,111 @@ def test_fast_check_never_passes_what_jsonschema_fails() -> None:
                 assert slow.is_valid(v), v
     assert seen[True] > 40 and seen[False] > 400
     assert compile_check({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}) is None
+
+
+#: Answers of ok rows the two column paths must read alike: one-line JSON (Arrow's reader),
+#: and what only the row-by-row path reads (fenced, pretty, two objects, values Arrow refuses).
+_MIXED_SCHEMA = _obj(
+    i={"type": "integer"}, n={"type": "number"}, s={"type": "string"}, d={"type": "string", "format": "date"},
+    t={"type": "string", "format": "date-time"}, b={"type": "boolean"},
+    xs={"type": "array", "items": {"type": "integer"}},
+    os={"type": "array", "items": _obj(k={"type": "string"}, when={"type": "string", "format": "date"})},
+    o=_obj(x={"type": ["number", "null"]}),
+)  # fmt: skip
+_MIXED_ANSWERS = [
+    '{"i": 1, "n": 2, "s": "a\\u00e9\\"", "d": "2024-01-02", "t": "2024-01-02T03:04:05+02:00", "b": false, '
+    '"xs": [1, 2], "os": [{"k": "z", "when": "2023-12-31", "extra": 1}], "o": {"x": null}, "more": [1]}',
+    '{"i": -9007199254740993, "n": 1e-300, "t": "2024-01-02T03:04:05.123456Z", "os": [], "o": {}}',
+    '{"t": "2024-01-02T03:04:05"}',
+    "{}",
+    'Here it is:\n```json\n{"i": 7, "s": "fenced"}\n```',
+    '{\n  "i": 8,\n  "d": "2025-06-30"\n}',
+    'The answer: {"i": 9} and nothing else',
+    '{"i": 3.0}',
+    '{"i": 1, "i": 2}',
+    '{"i": 99999999999999999999}',
+    '{"i": 10} {"i": 11}',
+    '{"n": 1.5, "s": "ok"}',
+]
+
+
+@pytest.mark.parametrize("refused", [None, 7, 8, 9, 10])
+def test_columns_read_alike_by_arrow_and_row_by_row(refused: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each chunk takes Arrow's path for its one-line answers unless Arrow refuses one of
+    them; either way every value equals what find_json and the converters make of it."""
+    from pipeline.structured import columns
+
+    spec = compile_spec(_MIXED_SCHEMA)
+    texts = [a for i, a in enumerate(_MIXED_ANSWERS) if i < 7 or i == 11 or i == refused]
+    texts += ['{"i": 5}', None]  # a failed row's answer (ok false), a row without an answer
+    ok = [True] * (len(texts) - 2) + [False, True]
+    by_row: list[str | None] = []
+    row_by_row = columns.columns_row_by_row
+
+    def spy(spec: Any, rows: list[str | None]) -> Any:
+        by_row.extend(rows)
+        return row_by_row(spec, rows)
+
+    monkeypatch.setattr(columns, "columns_row_by_row", spy)
+    got = answer_columns(spec, pa.array(texts, pa.string()), pa.array(ok))
+    ok_rows = [t for t, good in zip(texts, ok, strict=True) if good]
+    wanted = [*_MIXED_ANSWERS[4:7], None] if refused is None else ok_rows  # fenced, pretty, sentence; no answer
+    assert sorted(by_row, key=str) == sorted(wanted, key=str)
+    expected = row_by_row(spec, [t if good else None for t, good in zip(texts, ok, strict=True)])
+    for c, a, b in zip(spec.columns, got, expected, strict=True):
+        assert a.type == c.type and a.to_pylist() == b.to_pylist(), c.name
+    assert got[0].to_pylist()[:3] == [1, -9007199254740993, None]
+    assert got[4].to_pylist()[0] == datetime(2024, 1, 2, 1, 4, 5, tzinfo=UTC)
+
+
+_KEYWORDS_SCHEMA = {
+    "$defs": {"money": {"type": "object", "properties": {"v": {"type": "number", "exclusiveMinimum": 0}},
+                        "required": ["v"]}},
+    "type": "object",
+    "properties": {
+        "code": {"type": "string", "minLength": 2, "maxLength": 4, "pattern": "^[A-Z]"},
+        "kind": {"enum": ["a", "b", 1, True]},
+        "shape": {"enum": [[1, 2], {"k": 1}]},
+        "fixed": {"const": 3},
+        "price": {"$ref": "#/$defs/money"},
+        "either": {"anyOf": [{"type": "integer", "maximum": 5}, {"type": "string", "format": "date-time"}]},
+        "nested": {"properties": {"inner": {"properties": {"deep": {"type": ["integer", "null"]}},
+                                            "required": ["deep"]}}},
+        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
+        "loose": {"items": {"minimum": 0}},
+        "when": {"type": "string", "format": "date"},
+    },
+    "required": ["code", "nested"],
+    "additionalProperties": False,
+}  # fmt: skip
+
+
+def test_generated_fast_check_agrees_with_jsonschema_on_every_keyword() -> None:
+    """The generated check is exact on these (it says valid iff jsonschema does), and never
+    says valid where jsonschema says invalid."""
+    from pipeline.structured.fastcheck import compile_check
+
+    fast = compile_check(_KEYWORDS_SCHEMA)
+    assert fast is not None
+    slow = Checker(_KEYWORDS_SCHEMA)._validator
+    base = {"code": "AB", "kind": "a", "shape": [1, 2], "fixed": 3, "price": {"v": 1.5}, "either": 4,
+            "nested": {"inner": {"deep": None}}, "tags": ["x"], "loose": [0, 2], "when": "2024-02-29"}  # fmt: skip
+    wrong = [None, True, False, 0, 1, -1, 1.0, 2.5, 6, "", "A", "ABCDE", "ab", "2024-02-30", "2024-01-02T03:04:05Z",
+             [], [1, 2], ["x", "y", "z"], [-1], {}, {"k": 1}, {"v": 0}, {"inner": {}}, {"inner": {"deep": 1.5}},
+             {"inner": {"deep": 2}}]  # fmt: skip
+    variants = [
+        base,
+        {"code": "Q1", "nested": {}},
+        {**base, "extra": 1},
+        {k: v for k, v in base.items() if k != "code"},
+    ]
+    variants += [{**base, key: w} for key in base for w in wrong]
+    stricter = []
+    for v in variants:
+        ok, truth = fast(v), slow.is_valid(v)
+        assert truth or not ok, v  # never valid where jsonschema says invalid
+        if ok != truth:
+            stricter.append(v)
+    # exact but for one documented strictness: enum/const compare type too (1.0 is not 1), and jsonschema decides
+    assert stricter == [{**base, "kind": 1.0}]
+    assert sum(map(fast, variants)) > 40

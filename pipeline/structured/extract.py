@@ -88,14 +88,15 @@ def _decode_at(s: str, start: int) -> dict[str, Any] | None:
 class Checker:
     """Validates answers against one schema (the validator is built once)."""
 
-    def __init__(self, schema: Mapping[str, Any]) -> None:
+    def __init__(self, schema: Mapping[str, Any], *, fast: bool = True) -> None:
         from jsonschema import Draft202012Validator, FormatChecker
 
         formats = FormatChecker(())  # our own checks only, registered on this instance alone
         formats.checks("date")(check_date)
         formats.checks("date-time")(check_datetime)
         self._validator = Draft202012Validator(schema, format_checker=formats)
-        self._fast = compile_check(schema)  # None: every answer goes to jsonschema
+        # None: every answer goes to jsonschema (a schema the fast path does not cover, or fast=False)
+        self._fast = compile_check(schema) if fast else None
 
     def check(self, answer: str | None, finish_reason: str | None = None) -> Verdict:
         """The verdict on one answer."""
