@@ -277,6 +277,8 @@ def test_report_of_an_aborted_run_shows_pending_rows(tmp_path: Path, sim: Any, b
     out = tmp_path / "out"
     summary = run(fast_config(manifest, out, server, api_key="sk-wrong-key-999"))
     assert summary.exit_code == 3
+    by_the_run = (out / REPORT_FILE).read_text()  # an aborted run writes its report too
+    assert 'data-ended="aborted"' in by_the_run and "sk-wrong-key-999" not in by_the_run
     page = write_report(out)
     _session, evaluate = browser.open(page)
     facts = json.loads(evaluate(PAGE_FACTS))
