@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
+from .records import Ended, Status
 from .report import JsonRecord, dumps, finite_float
 from .rundir import RunDir
 from .schema import pandas_metadata
@@ -56,14 +57,12 @@ __all__ = [
     "diff", "dumps", "format_diff", "format_merge", "format_summary_report", "merge", "summarize",
 ]  # fmt: skip
 
-#: The outcome of a row in results.parquet.
-RowStatus = Literal["ok", "failed"]
-#: How a run ended, as ``_run.json`` says ("running" while it goes, or after a crash).
-RunEnd = Literal["running", "completed", "completed_with_failures", "aborted"]
 #: How ``diff`` pairs rows.
 DiffKey = Literal["request_id", "content"]
 
 TOP = 10
+_STATUSES = [s.value for s in Status]
+_ENDINGS = {e.value for e in Ended}
 _SUMMARY_COLUMNS = ["request_id", "file_url", "status", "error_type", "error_message", "http_status",
                     "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms",
                     "attempts", "run_id"]  # fmt: skip
@@ -85,7 +84,7 @@ class RunRef(JsonRecord):
     started_at: str | None
     ended_at: str | None
     elapsed_s: float | None
-    ended: RunEnd | None
+    ended: Ended | None
     out: str | None
 
     @classmethod
@@ -97,7 +96,7 @@ class RunRef(JsonRecord):
             started_at=_opt_str(info.get("started_at")),
             ended_at=_opt_str(info.get("ended_at")),
             elapsed_s=finite_float(info.get("elapsed_s")),
-            ended=ended if ended in get_args(RunEnd) else None,
+            ended=Ended(ended) if ended in _ENDINGS else None,
             out=_opt_str(info.get("out")),
         )
 
@@ -147,7 +146,7 @@ class SlowRow(JsonRecord):
     file_url: str | None
     latency_ms: float
     attempts: int | None
-    status: RowStatus
+    status: Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +178,7 @@ class SummaryReport(JsonRecord):
 
     sources: tuple[Source, ...]
     rows: int
-    status: Mapping[RowStatus, int]  # rows per status, most common first
+    status: Mapping[Status, int]  # rows per status, most common first
     error_types: Mapping[str, int]  # failed rows per error_type, most common first
     tokens: TokenTotals
     cost_usd: float | None  # None: no row has a cost (the job had no prices)
@@ -304,9 +303,9 @@ def _opt_str(v: Any) -> str | None:
     return str(v)
 
 
-def _row_status(v: Any) -> RowStatus:
+def _row_status(v: Any) -> Status:
     # _conform_frame refused anything else already
-    return "ok" if v == "ok" else "failed"
+    return Status.OK if v == Status.OK else Status.FAILED
 
 
 def _counts(s: pd.Series) -> dict[str, int]:
@@ -369,7 +368,7 @@ def _conform_frame(df: pd.DataFrame, columns: list[str], source: Path) -> pd.Dat
         out[c] = s
     frame = pd.DataFrame(out, index=df.index)
     status = frame["status"]
-    bad = status[~status.isin(get_args(RowStatus))]
+    bad = status[~status.isin(_STATUSES)]
     if len(bad):
         raise UsageError(f"{source}: column 'status' holds {_opt_str(bad.iloc[0])!r} (row {bad.index[0]}); "
                          "expected 'ok' or 'failed': is it a docpipe results file?")  # fmt: skip
