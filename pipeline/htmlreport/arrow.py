@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arrowutil import string_scalar
+from ..arrowutil import numeric, string_scalar
 
 
 def equal(column: Any, value: str) -> Any:
@@ -22,7 +23,20 @@ def equal(column: Any, value: str) -> Any:
 
 def filled(values: Any, value: Any = False) -> Any:
     """``values`` with nulls replaced by ``value`` (by default: a boolean mask without nulls)."""
-    return pc.fill_null(values, value)
+    return pc.fill_null(values, _scalar(value, values.type))
+
+
+def _scalar(value: Any, type_: Any) -> Any:
+    """``value`` as an Arrow scalar of ``type_`` from buffers: ``pa.scalar`` of a Python value
+    (what ``pc.fill_null`` makes of one) imports pandas (pipeline/arrowutil.py)."""
+    if isinstance(value, str):
+        scalar = string_scalar(value)
+    elif isinstance(value, (bool, int, float)):
+        dtype = np.bool_ if isinstance(value, bool) else np.int64 if isinstance(value, int) else np.float64
+        scalar = numeric(np.array([value], dtype=dtype))[0]
+    else:
+        return value
+    return scalar if scalar.type == type_ else scalar.cast(type_)
 
 
 def count_true(values: Any) -> int:

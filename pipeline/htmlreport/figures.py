@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..arrowutil import int_codes, strings, to_numpy
 from . import arrow
 
 LATENCY_BINS = 40
@@ -110,7 +111,7 @@ def _throughput(table: pa.Table, info: dict[str, Any]) -> tuple[float, float] | 
         elapsed = (max(e for e in ends if e) - min(s for s in starts if s)).total_seconds()
     if not elapsed or elapsed <= 0:
         return None
-    rows = arrow.count_true(pc.is_in(table["run_id"], pa.array(ids, pa.string())))
+    rows = arrow.count_true(pc.is_in(table["run_id"], strings([str(i) for i in ids])))  # None ruled out above
     return float(elapsed), rows / float(elapsed)
 
 
@@ -129,7 +130,7 @@ def latencies(table: pa.Table) -> np.ndarray[Any, np.dtype[np.float64]]:
     """latency_ms of every row that has one (nulls and NaN dropped, as pandas' dropna does)."""
     if "latency_ms" not in table.column_names:
         return np.zeros(0)
-    values = np.asarray(table["latency_ms"].drop_null().to_numpy(), dtype=np.float64)
+    values = np.asarray(to_numpy(table["latency_ms"].drop_null()), dtype=np.float64)
     return values[~np.isnan(values)]
 
 
@@ -162,24 +163,29 @@ def groups(table: pa.Table, column: str, top: int = TOP_GROUPS) -> tuple[Group, 
     values the rest are summed into one ``(N others)`` group."""
     n = table.num_rows
     has = table.column_names
-    parts: dict[str, Any] = {
-        "k": arrow.filled(pc.cast(table[column], pa.string()), "(null)"),
-        "bad": pc.cast(pc.invert(arrow.filled(arrow.equal(table["status"], "ok"))), pa.int64()),
-        "tok": table["total_tokens"] if "total_tokens" in has else pa.nulls(n, pa.int64()),
-        "cost": table["cost_usd"] if "cost_usd" in has else pa.nulls(n, pa.float64()),
-    }
-    agg = pa.table(parts).group_by("k").aggregate([("k", "count"), ("bad", "sum"), ("tok", "sum"), ("cost", "sum")])
-    agg = agg.sort_by([("tok_sum", "descending"), ("k_count", "descending"), ("k", "ascending")])
-    has_cost = parts["cost"].null_count < n
+    # numpy over dictionary codes, not Table.group_by: that imports pyarrow.dataset and acero
+    # (+0.2 s and ~20 MB at the end of every run that draws its report)
+    keys = arrow.filled(pc.cast(table[column], pa.string()), "(null)").combine_chunks().dictionary_encode()
+    codes, names = int_codes(keys.indices), keys.dictionary.to_pylist()
+    bad = to_numpy(pc.cast(pc.invert(arrow.filled(arrow.equal(table["status"], "ok"))), pa.int64()))
+    tok = table["total_tokens"] if "total_tokens" in has else pa.nulls(n, pa.int64())
+    cost = table["cost_usd"] if "cost_usd" in has else pa.nulls(n, pa.float64())
+    sums = {"rows": np.ones(n, dtype=np.int64), "bad": bad, "tok": to_numpy(arrow.filled(tok, 0)),
+            "cost": to_numpy(arrow.filled(cost, 0.0))}  # fmt: skip
+    per = {name: np.zeros(len(names), dtype=v.dtype) for name, v in sums.items()}
+    for name, v in sums.items():
+        np.add.at(per[name], codes, v)
+    has_cost = cost.null_count < n
+    order = sorted(range(len(names)), key=lambda i: (-int(per["tok"][i]), -int(per["rows"][i]), names[i]))
     made = [
         Group(
-            str(r["k"]),
-            r["k_count"],
-            r["bad_sum"] or 0,
-            r["tok_sum"] or 0,
-            (r["cost_sum"] or 0.0) if has_cost else None,
+            str(names[i]),
+            int(per["rows"][i]),
+            int(per["bad"][i]),
+            int(per["tok"][i]),
+            float(per["cost"][i]) if has_cost else None,
         )
-        for r in agg.to_pylist()
+        for i in order
     ]
     if len(made) <= top:
         return tuple(made)

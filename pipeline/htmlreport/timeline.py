@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..arrowutil import to_numpy
 from . import arrow
 
 BINS = 60  # at most; a short run with few rows gets fewer, wider bins (about 8 rows a bin, at least 10 bins)
@@ -67,7 +68,7 @@ def _this_run(table: pa.Table, run_id: str | None) -> pa.Table:
 def _micros(table: pa.Table, name: str) -> np.ndarray:
     if name not in table.column_names:
         return np.zeros(0, dtype=np.int64)
-    return np.asarray(pc.cast(table[name].drop_null(), pa.int64()).to_numpy(), dtype=np.int64)
+    return np.asarray(to_numpy(pc.cast(table[name].drop_null(), pa.int64())), dtype=np.int64)
 
 
 def time_charts(table: pa.Table, info: dict[str, Any]) -> TimeCharts:
@@ -93,7 +94,7 @@ def time_charts(table: pa.Table, info: dict[str, Any]) -> TimeCharts:
     bins = min(BINS, max(MIN_BINS, len(done) // 8))
     width = span / bins
     edges = np.linspace(0.0, span, bins + 1)
-    ok_mask = np.asarray(arrow.filled(arrow.equal(done_rows["status"], "ok")).to_numpy(zero_copy_only=False))
+    ok_mask = to_numpy(arrow.filled(arrow.equal(done_rows["status"], "ok")))
     when = np.clip(done, 0.0, span)
     ok = np.histogram(when[ok_mask], bins=edges)[0] / width
     bad = np.histogram(when[~ok_mask], bins=edges)[0] / width
