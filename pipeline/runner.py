@@ -119,6 +119,7 @@ class Run:
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
+                sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
                 producer_error = await pool.run()
         summary = await self._finish(manifest)
         if producer_error is not None:  # everything answered is kept; now say what broke
