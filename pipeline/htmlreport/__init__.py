@@ -2,8 +2,10 @@
 
 ::
 
-    data.py      reads the folder (narrow columns for every row) into ReportData
+    data.py      reads the folder into ReportData: a few passes over narrow columns, batch by batch
+    scan.py      the rows in bounded batches (results.parquet or the journal), and chosen rows by position
     figures.py   verdict (= docpipe summary --json), latency histogram, attempts, groups of --by
+    quantiles.py exact percentiles in fixed memory (radix selection over the batches)
     rows.py      slowest and failed rows, examples per error type (long strings read for those rows only)
     timeline.py  throughput, in flight and failed attempts on one time axis
     compare.py   night over night: what changed since an earlier folder (= docpipe diff)
