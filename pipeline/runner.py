@@ -36,6 +36,7 @@ from .client import GatewayClient
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
+from .incremental import Gate, doc_heads, reuse_index
 from .journal import JournalWriter
 from .limits import Breaker, Pacer
 from .manifest import Manifest
@@ -116,12 +117,17 @@ class Run:
         self._write_info(self.record.running())
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
+        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None
         with self._signal_handlers():
-            async with GatewayClient(cfg) as client, self._background():
+            async with GatewayClient(cfg) as client, doc_heads(cfg) as heads, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
+                gate = Gate(record=self._record, repeats=self.record.add_repeats, stop=self.stop, heads=heads,
+                            index=index)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
-                            concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
+                            concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 producer_error = await pool.run()
+                await gate.close()
+                self.record.doc_meta = dict(heads.counts) if heads is not None else None
         summary = await self._finish(manifest)
         if producer_error is not None:  # everything answered is kept; now say what broke
             raise producer_error

@@ -1,0 +1,186 @@
+"""Document metadata: one HEAD per document URL, so tomorrow can tell whether it changed.
+
+Every run (``doc_meta = false`` / ``--no-doc-meta`` turns it off) asks each
+document's server for its metadata itself, beside the chat request: ``HEAD``, or
+``GET`` with ``Range: bytes=0-0`` where HEAD is refused (405, 501, 403: signed
+URLs are often signed for GET only). From the answer it keeps ``ETag`` verbatim
+(quotes and ``W/`` included), ``Last-Modified`` (as epoch seconds) and the size
+(HEAD ``Content-Length``, or the total of ``Content-Range``): the results columns
+``doc_etag``, ``doc_last_modified`` and ``doc_bytes``.
+
+- HEADs are concurrent and bounded (``head_concurrency``) and time out after
+  ``head_timeout``; a failure or a timeout is "no metadata" (the row is asked
+  again, never failed) and is logged at debug level with the URL's signature
+  redacted.
+- One HEAD serves every row of the same URL: results are cached per URL, the most
+  recent :data:`CACHE_URLS` URLs (a manifest lists a document's questions near
+  each other; a URL met again after that many others is asked again).
+- The session is docpipe's own, never the gateway's: the API key is never sent
+  to a document's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from .client import redact
+
+log = logging.getLogger("docpipe")
+
+#: Statuses that mean "HEAD refused": a ranged GET is tried instead.
+HEAD_REFUSED = frozenset({403, 405, 501})
+#: URLs whose HEAD result is kept (about 200 bytes each).
+CACHE_URLS = 65536
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class DocMeta:
+    """What a document's server said about it; any field may be missing."""
+
+    etag: str | None
+    last_modified: float | None  # epoch seconds
+    size: int | None
+
+    @property
+    def strong_etag(self) -> bool:
+        return bool(self.etag) and not self.etag.startswith("W/")  # type: ignore[union-attr]
+
+
+def meta_from_headers(status: int, headers: Any) -> DocMeta:
+    """The metadata of a 2xx answer to HEAD (``Content-Length``) or to a ranged GET
+    (206 ``Content-Range: bytes 0-0/TOTAL``; a 200 ignoring the range: ``Content-Length``)."""
+    etag = headers.get("ETag") or None
+    last_modified: float | None = None
+    if lm := headers.get("Last-Modified"):
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+            last_modified = parsedate_to_datetime(lm).timestamp()
+    size: int | None = None
+    text = headers.get("Content-Range") if status == 206 else headers.get("Content-Length")
+    if text:
+        m = _CONTENT_RANGE.search(text) if status == 206 else None
+        digits = m.group(1) if m else text.strip()
+        if digits.isdigit():
+            size = int(digits)
+    return DocMeta(etag, last_modified, size)
+
+
+class Doc:
+    """One URL's HEAD: its result once ``done`` (None: failed), and rows waiting for it."""
+
+    __slots__ = ("done", "event", "meta", "waiters")
+
+    def __init__(self) -> None:
+        self.meta: DocMeta | None = None
+        self.done = False
+        self.waiters: list[Any] = []  # owned by the caller (pipeline/incremental.py)
+        self.event: asyncio.Event | None = None  # made only when someone waits
+
+    async def wait(self, timeout: float) -> DocMeta | None:
+        """The metadata, waiting at most ``timeout`` seconds for a HEAD in flight."""
+        if not self.done:
+            if self.event is None:
+                self.event = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), timeout)
+        return self.meta
+
+
+class DocHeads:
+    """The run's HEADs: ``get(url)`` starts one (or returns the cached one) and never waits.
+
+    ``on_done(doc)`` runs after each HEAD (outside the concurrency bound), to settle the rows
+    that waited for it. Use as an async context manager (the HTTP session)."""
+
+    def __init__(self, *, timeout: float, concurrency: int,
+                 on_done: Callable[[Doc], Awaitable[None]] | None = None) -> None:  # fmt: skip
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.on_done = on_done
+        self.cache: OrderedDict[str, Doc] = OrderedDict()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.counts = {"heads": 0, "ranged_gets": 0, "failed": 0}
+        self._gate = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> DocHeads:
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers={"User-Agent": "docpipe"},
+            trust_env=True,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def get(self, url: str) -> Doc:
+        doc = self.cache.get(url)
+        if doc is not None:
+            self.cache.move_to_end(url)
+            return doc
+        doc = self.cache[url] = Doc()
+        if len(self.cache) > CACHE_URLS:
+            self.cache.popitem(last=False)
+        task = asyncio.create_task(self._run(url, doc))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return doc
+
+    def peek(self, url: str) -> Doc | None:
+        return self.cache.get(url)
+
+    async def settle(self) -> None:
+        """Wait for every HEAD started so far (and what their ``on_done`` does)."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    async def _run(self, url: str, doc: Doc) -> None:
+        async with self._gate:
+            doc.meta = await self._fetch(url)
+        doc.done = True
+        if doc.event is not None:
+            doc.event.set()
+        if doc.waiters and self.on_done is not None:
+            await self.on_done(doc)
+
+    async def _fetch(self, url: str) -> DocMeta | None:
+        assert self._session is not None
+        try:
+            self.counts["heads"] += 1
+            async with self._session.head(url, allow_redirects=True) as resp:
+                status, meta = resp.status, meta_from_headers(resp.status, resp.headers)
+            if status in HEAD_REFUSED:
+                self.counts["ranged_gets"] += 1
+                # a ranged GET of one byte; leaving the body unread closes the connection
+                async with self._session.get(url, headers={"Range": "bytes=0-0"}, allow_redirects=True) as resp:
+                    status, meta = resp.status, meta_from_headers(resp.status, resp.headers)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+            self._failed(url, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            return None
+        if not 200 <= status < 300:
+            self._failed(url, f"HTTP {status}")
+            return None
+        return meta
+
+    def _failed(self, url: str, why: str) -> None:
+        self.counts["failed"] += 1
+        log.debug("no document metadata for %s: %s (its rows are asked, not reused)", redact(url, None),
+                  redact(why, None))  # fmt: skip
+        return None
