@@ -76,24 +76,17 @@ def meta_from_headers(status: int, headers: Any) -> DocMeta:
 
 
 class Doc:
-    """One URL's HEAD: its result once ``done`` (None: failed), and rows waiting for it."""
+    """One URL's HEAD: its result once ``done`` (None: failed), and what waits for it."""
 
-    __slots__ = ("done", "event", "meta", "waiters")
+    __slots__ = ("done", "late", "meta", "waiters")
 
     def __init__(self) -> None:
         self.meta: DocMeta | None = None
         self.done = False
-        self.waiters: list[Any] = []  # owned by the caller (pipeline/incremental.py)
-        self.event: asyncio.Event | None = None  # made only when someone waits
-
-    async def wait(self, timeout: float) -> DocMeta | None:
-        """The metadata, waiting at most ``timeout`` seconds for a HEAD in flight."""
-        if not self.done:
-            if self.event is None:
-                self.event = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.event.wait(), timeout)
-        return self.meta
+        # both owned by pipeline/incremental.py: rows parked on this HEAD, and outcomes
+        # journaled before it answered (amended once it does)
+        self.waiters: list[Any] = []
+        self.late: list[Any] = []
 
 
 class DocHeads:
@@ -155,9 +148,7 @@ class DocHeads:
         async with self._gate:
             doc.meta = await self._fetch(url)
         doc.done = True
-        if doc.event is not None:
-            doc.event.set()
-        if doc.waiters and self.on_done is not None:
+        if (doc.waiters or doc.late) and self.on_done is not None:
             await self.on_done(doc)
 
     async def _fetch(self, url: str) -> DocMeta | None:

@@ -14,10 +14,11 @@ The pool's producer hands each batch of rows to :meth:`Gate.admit`, which
    memory stays bounded whatever the manifest's length.
 
 Every outcome goes through :meth:`Gate.finish`, which adds the document columns
-of the row's HEAD. An answer whose HEAD is still running waits for it at most
-:data:`META_WAIT` seconds (the journal's fsync interval: an answer stays durable
-within about a second) without holding a worker; after that it is journaled
-without metadata, and tomorrow asks that row again.
+of the row's HEAD. An answer that comes back before its HEAD is journaled at once
+without them (an answer is durable the moment it exists), and journaled again,
+with them, when the HEAD answers: the journal keeps the latest record of a
+request_id, and the second record is not counted twice. The run's end waits for
+the HEADs still running (each at most ``head_timeout``).
 """
 
 from __future__ import annotations
@@ -38,19 +39,19 @@ from .reuse import ReuseIndex, ReuseSink
 
 #: Rows with a reuse candidate that may wait on their HEAD at once.
 PARKED = 8192
-#: Longest an answer waits for its document's HEAD before it is journaled without metadata.
-META_WAIT = 1.0
 
 
 class Gate:
     """See the module docstring. ``record`` journals an outcome and counts it; ``repeats``
     counts rows that rode on another row's outcome."""
 
-    def __init__(self, *, record: Callable[[Outcome], None], repeats: Callable[[Status, int], None],
-                 stop: StopControl, heads: DocHeads | None, index: ReuseIndex | None) -> None:  # fmt: skip
+    def __init__(self, *, record: Callable[[Outcome], None], amend: Callable[[Outcome], None],
+                 repeats: Callable[[Status, int], None], stop: StopControl, heads: DocHeads | None,
+                 index: ReuseIndex | None) -> None:  # fmt: skip
         from .dedupe import Dedupe
 
         self.record = record
+        self.amend = amend  # journal only: a second record of an outcome already counted
         self.repeats = repeats
         self.stop = stop
         self.heads = heads
@@ -58,7 +59,6 @@ class Gate:
         self.sink = ReuseSink(self.index) if self.index is not None else None
         self.dedupe = Dedupe()
         self.queue: asyncio.Queue[Row | None] | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
         self._parked = asyncio.Semaphore(PARKED)
         self._flushing = asyncio.Lock()
         if heads is not None:
@@ -96,6 +96,10 @@ class Gate:
                 doc.waiters.append((row, c))
 
     async def _settle_parked(self, doc: Doc) -> None:
+        late, doc.late = doc.late, []
+        if doc.meta is not None:
+            for outcome in late:
+                self.amend(with_meta(outcome, doc.meta))
         waiters, doc.waiters = doc.waiters, []
         for row, c in waiters:
             self._parked.release()
@@ -131,17 +135,10 @@ class Gate:
         if row is not None and self.heads is not None and row.invalid is None:
             doc = self.heads.peek(row.file_url.strip())
             if doc is not None and not doc.done:
-                task = asyncio.create_task(self._finish_later(doc, outcome))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-                return
-            if doc is not None and doc.meta is not None:
+                doc.late.append(outcome)
+            elif doc is not None and doc.meta is not None:
                 outcome = with_meta(outcome, doc.meta)
         self._record(outcome)
-
-    async def _finish_later(self, doc: Doc, outcome: Outcome) -> None:
-        meta = await doc.wait(META_WAIT)
-        self._record(outcome if meta is None else with_meta(outcome, meta))
 
     def _record(self, outcome: Outcome) -> None:
         self.record(outcome)
@@ -150,9 +147,9 @@ class Gate:
             self.repeats(outcome.status, waiting)
 
     async def close(self) -> None:
-        """After the pool: the answers still waiting for their HEAD are journaled."""
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        """After the pool: the HEADs still running answer (or time out), and amend their outcomes."""
+        if self.heads is not None:
+            await self.heads.settle()
 
 
 def reuse_index(cfg: JobConfig) -> ReuseIndex:

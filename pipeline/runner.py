@@ -112,17 +112,17 @@ class Run:
             why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
             if why:
                 raise UsageError(f"{why}; nothing was sent")
+        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self.stop.request(str(e))
         self._write_info(self.record.running())
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
-        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None
         with self._signal_handlers():
             async with GatewayClient(cfg) as client, doc_heads(cfg) as heads, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
-                gate = Gate(record=self._record, repeats=self.record.add_repeats, stop=self.stop, heads=heads,
-                            index=index)  # fmt: skip
+                gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
+                            stop=self.stop, heads=heads, index=index)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 producer_error = await pool.run()
@@ -141,6 +141,14 @@ class Run:
             self.stop.request(str(e))
             return
         self.record.add(outcome)
+
+    def _amend(self, outcome: Outcome) -> None:
+        """Journal a second record of an outcome already counted (its document metadata came later)."""
+        assert self.journal is not None
+        try:
+            self.journal.add(outcome)
+        except StorageError as e:
+            self.stop.request(str(e))
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""
