@@ -73,7 +73,7 @@ def test_night_two_sends_exactly_the_changed_and_new_rows_and_answers_like_a_ful
     assert s2.total_tokens == sum(r["total_tokens"] for r in rows if r["reused_from"] is None)
     assert info["cost_saved_usd"] == pytest.approx(sum(r["cost_usd"] for r in copied))
 
-    full = _run(night2, tmp_path / "full", server)  # the same night without --reuse
+    _run(night2, tmp_path / "full", server)  # the same night without --reuse
     assert [r["answer"] for r in _results(tmp_path / "full")] == [r["answer"] for r in rows]
     assert all(r["answer"] == answer_for("gpt-4o-all", f"{r['file_url']} {r['question']}") for r in rows)
 
