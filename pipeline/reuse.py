@@ -22,7 +22,7 @@ columns are tonight's, ``run_id`` is tonight's and ``reused_from`` the run that
 paid for it. Its tokens and cost are not spent tonight: ``_run.json`` counts them
 as ``reused`` and ``cost_saved_usd``.
 
-Memory: the index holds 7 numbers per earlier answer (~56 bytes), never the
+Memory: the index holds 6 numbers per earlier answer (~51 bytes), never the
 answers; they are read back from the earlier journals in batches of
 :data:`BATCH` decisions, row group by row group, when written (:class:`ReuseSink`).
 """
@@ -102,7 +102,10 @@ class ReuseIndex:
         first = np.ones(len(keys), dtype=np.bool_)
         first[1:] = keys[1:] != keys[:-1]
         keep = order[first]
-        self.cols = {k: v[keep] for k, v in cols.items()}
+        del order, keys, first
+        # "completed" only chose the newest answer; --max-age was applied while scanning
+        self.cols = {k: v[keep] for k, v in cols.items() if k != "completed"}
+        del cols
         self.keys = self.cols["key"]
 
     def __len__(self) -> int:
@@ -130,7 +133,7 @@ class ReuseIndex:
 def _empty() -> dict[str, np.ndarray]:
     i64 = np.zeros(0, dtype=np.int64)
     return {"key": i64, "completed": i64, "etag": i64, "strong": np.zeros(0, dtype=np.bool_), "lm": i64,
-            "size": i64, "src": i64, "pos": i64}  # fmt: skip
+            "size": i64, "src": np.zeros(0, dtype=np.int16), "pos": i64}  # fmt: skip
 
 
 def _scan(files: list[Path], src: int, cutoff: int | None) -> dict[str, np.ndarray]:
@@ -157,7 +160,7 @@ def _scan(files: list[Path], src: int, cutoff: int | None) -> dict[str, np.ndarr
                                              dtype=np.bool_, count=len(etags)))  # fmt: skip
             out["lm"].append(_np(pc.cast(batch.column("doc_last_modified").take(sel), pa.int64()), _NO_TIME))
             out["size"].append(_np(batch.column("doc_bytes").take(sel), -1))
-            out["src"].append(np.full(len(where), src, dtype=np.int64))
+            out["src"].append(np.full(len(where), src, dtype=np.int16))
             out["pos"].append(where.astype(np.int64) + pos)
         pos += n
     return {k: np.concatenate(v) if v else _empty()[k] for k, v in out.items()}

@@ -128,6 +128,7 @@ class Run:
                 producer_error = await pool.run()
                 await gate.close()
                 self.record.doc_meta = dict(heads.counts) if heads is not None else None
+        del pool, gate, index  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
         summary = await self._finish(manifest)
         if producer_error is not None:  # everything answered is kept; now say what broke
             raise producer_error

@@ -40,8 +40,9 @@ COLUMNS = [
     "started_at",
     "completed_at",
     "run_id",
+    "reused_from",  # copied-forward rows keep the times they were asked: the timeline leaves them out
 ]
-_DICTIONARY = {"status", "error_type", "run_id"}
+_DICTIONARY = {"status", "error_type", "run_id", "reused_from"}
 DEFAULT_BY = "model"
 
 __all__ = ["ErrorType", "Group", "Histogram", "ReportData", "Verdict", "build", "read_folder"]

@@ -57,7 +57,10 @@ def _epoch_us(text: Any) -> int | None:
 
 
 def _this_run(table: pa.Table, run_id: str | None) -> pa.Table:
-    """The rows the latest run produced (a resumed folder also holds earlier nights' rows)."""
+    """The rows the latest run produced (a resumed folder also holds earlier nights' rows);
+    rows it copied forward (``reused_from``) keep the times they were asked, so they are left out."""
+    if "reused_from" in table.column_names and table["reused_from"].null_count < table.num_rows:
+        table = table.filter(pc.is_null(table["reused_from"]))
     if run_id is None or "run_id" not in table.column_names:
         return table
     mine = table.filter(arrow.filled(arrow.equal(table["run_id"], run_id)))
@@ -72,7 +75,8 @@ def _micros(table: pa.Table, name: str) -> np.ndarray:
 
 def time_charts(table: pa.Table, info: dict[str, Any]) -> TimeCharts:
     """Bin the run's rows and resample its timeline onto one time axis."""
-    light = table.select([c for c in ("run_id", "status", "started_at", "completed_at") if c in table.column_names])
+    light = table.select([c for c in ("run_id", "status", "started_at", "completed_at", "reused_from")
+                          if c in table.column_names])  # fmt: skip
     rows = _this_run(light, info.get("run_id"))
     points = [p for p in info.get("timeline") or [] if isinstance(p, dict) and "t" in p]
     started = _micros(rows, "started_at")
