@@ -12,6 +12,8 @@ URLs are often signed for GET only). From the answer it keeps ``ETag`` verbatim
   ``head_timeout``; a failure or a timeout is "no metadata" (the row is asked
   again, never failed) and is logged at debug level with the URL's signature
   redacted.
+- At most :data:`BACKLOG` HEADs wait or run at once; past that a URL gets none (no
+  metadata: asked again tomorrow) rather than holding memory or a chat request.
 - One HEAD serves every row of the same URL: results are cached per URL, the most
   recent :data:`CACHE_URLS` URLs (a manifest lists a document's questions near
   each other; a URL met again after that many others is asked again).
@@ -41,6 +43,9 @@ log = logging.getLogger("docpipe")
 HEAD_REFUSED = frozenset({403, 405, 501})
 #: URLs whose HEAD result is kept (about 200 bytes each).
 CACHE_URLS = 65536
+#: HEADs started and not yet answered, at most. Beyond it (a document server far slower than
+#: the gateway) a URL gets no HEAD: its rows are asked tomorrow, and memory stays bounded.
+BACKLOG = 16384
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+)")
 
 
@@ -102,7 +107,7 @@ class DocHeads:
         self.on_done = on_done
         self.cache: OrderedDict[str, Doc] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.counts = {"heads": 0, "ranged_gets": 0, "failed": 0}
+        self.counts = {"heads": 0, "ranged_gets": 0, "failed": 0, "skipped": 0}
         self._gate = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str] = {}
@@ -131,6 +136,11 @@ class DocHeads:
         doc = self.cache.get(url)
         if doc is not None:
             self.cache.move_to_end(url)
+            return doc
+        if len(self.tasks) >= BACKLOG:
+            self.counts["skipped"] += 1
+            doc = Doc()
+            doc.done = True
             return doc
         doc = self.cache[url] = Doc()
         if len(self.cache) > CACHE_URLS:
