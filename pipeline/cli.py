@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .config import MANIFEST_FORMATS, PROGRESS_MODES, SCHEMA_MODES, JobConfig, load_config
+from .config import ENGINES, MANIFEST_FORMATS, PROGRESS_MODES, SCHEMA_MODES, JobConfig, load_config
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
 
 log = logging.getLogger("docpipe")
@@ -180,6 +180,23 @@ _RUN_OPTIONS = [
     click.option("--progress", type=click.Choice(PROGRESS_MODES), help="Progress display."),
     click.option("--progress-interval", metavar="DURATION", help="Between progress log lines [default: 30 s]."),
     click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        help="asyncio: one process (default); ray: Ray Data actors, local or --ray-address.",
+    ),
+    click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (ray://host:10001) [default: local]."),
+    click.option("--ray-actors", metavar="N", help="Sender actors; the limits are split between them [default: 4]."),
+    click.option(
+        "--presign-ttl",
+        metavar="DURATION",
+        help="How long s3:// documents' presigned URLs stay valid (900, 15m, 1h) [default: 1h].",
+    ),
+    click.option(
+        "--cache-dir",
+        metavar="DIR",
+        help="Local journal of s3:// outs [default: $DOCPIPE_CACHE_DIR, else ~/.cache/docpipe].",
+    ),
 ]
 
 

@@ -32,7 +32,6 @@ from typing import Any
 
 from .arrowutil import string_scalar
 from .budget import BudgetGuard, check_before_start, estimate_rows
-from .client import GatewayClient
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
@@ -41,6 +40,7 @@ from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .memory import release_memory
 from .pool import Pool
+from .presign import PresigningClient  # s3:// documents presigned per attempt; others untouched
 from .records import Outcome, RunSummary
 from .report import ProgressDisplay
 from .rundir import RunDir
@@ -117,7 +117,7 @@ class Run:
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
         with self._signal_handlers():
-            async with GatewayClient(cfg) as client, self._background():
+            async with PresigningClient(cfg) as client, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
@@ -394,6 +394,10 @@ def run(cfg: JobConfig | None = None, *, display: ProgressDisplay | None = None,
         cfg = cfg.replace(**settings)
     if display is None:
         display = make_progress(cfg.progress, cfg.progress_interval)
+    if cfg.engine != "asyncio" or "://" in f"{cfg.manifest}{cfg.out}":  # Ray, object storage: pipeline/staging.py
+        from .staging import dispatch
+
+        return dispatch(cfg, display=display, install_signals=install_signals)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
