@@ -410,13 +410,40 @@ def validate(manifest: str | None, check_urls: bool, url_concurrency: int, url_t
 
     _setup_logging(log_level, log_format)
     cfg, _quiet = build_config(manifest, opts, require_out=False)
+    if "://" in f"{cfg.manifest}{cfg.out}":  # object storage: read local copies (pipeline/objstore.py)
+        from .objstore import is_remote, local_view, localize_manifest
+
+        assert cfg.manifest is not None
+        manifest_path = localize_manifest(cfg.manifest, cfg.cache_dir) if is_remote(cfg.manifest) else cfg.manifest
+        cfg = cfg.replace(manifest=manifest_path, out=local_view(cfg.out, cfg.cache_dir) if cfg.out else None)
     report = check(cfg, check_urls=check_urls, url_concurrency=url_concurrency, url_timeout=url_timeout)
     click.echo(_dumps(report.to_dict()) if as_json else format_validation(report))
     sys.exit(report.exit_code)
 
 
+class _OutPath(click.ParamType):  # type: ignore[type-arg]  # generic in click 8.2 stubs only
+    """An output folder: a local one that exists, or an object store URL (s3://bucket/out),
+    whose results are copied into the local cache when the command runs (pipeline/objstore.py)."""
+
+    name = "OUT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if "://" in str(value):
+            return str(value)
+        return click.Path(exists=True).convert(value, param, ctx)
+
+
+def _readable(out: str) -> str:
+    """A local folder holding ``out``'s results (a copy for an object store URL)."""
+    if "://" not in out:
+        return out
+    from .objstore import local_view
+
+    return local_view(out)
+
+
 @main.command()
-@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("outs", nargs=-1, required=True, type=_OutPath())
 @_json_option
 @_errors
 def summary(outs: tuple[str, ...], as_json: bool) -> None:
@@ -431,13 +458,13 @@ def summary(outs: tuple[str, ...], as_json: bool) -> None:
     """
     from .summary import format_summary_report, summarize
 
-    report = summarize(outs)
+    report = summarize([_readable(o) for o in outs])
     click.echo(_dumps(report) if as_json else format_summary_report(report))
 
 
 @main.command()
-@click.argument("out_a", type=click.Path(exists=True))
-@click.argument("out_b", type=click.Path(exists=True))
+@click.argument("out_a", type=_OutPath())
+@click.argument("out_b", type=_OutPath())
 @click.option(
     "--out-changed",
     type=click.Path(dir_okay=False),
@@ -459,7 +486,8 @@ def diff(out_a: str, out_b: str, out_changed: str | None, key: str, as_json: boo
     from .summary import diff as compare
     from .summary import format_diff
 
-    report = compare(out_a, out_b, key="content" if key == "content" else "request_id", out_changed=out_changed)
+    a, b = _readable(out_a), _readable(out_b)
+    report = compare(a, b, key="content" if key == "content" else "request_id", out_changed=out_changed)
     click.echo(_dumps(report) if as_json else format_diff(report))
 
 

@@ -18,6 +18,7 @@ an ``s3://`` URL pass through untouched, and boto3 is imported only for the firs
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,6 +89,8 @@ class PresigningClient(GatewayClient):
         try:
             return await super().complete(sent, turn)
         except RequestError as e:
-            e.message = redact(e.message.replace(signed, url), None)
+            # the client already blanked the signature; give the row its own URL back
+            base = re.escape(signed.split("?", 1)[0])
+            e.message = redact(re.sub(base + r"(?:\?[^\s\"'<>]*)?", lambda _m: url, e.message), None)
             e.args = (e.message,)
             raise
