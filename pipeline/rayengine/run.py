@@ -93,7 +93,7 @@ class RayRun(Run):
             tables = self._tables(manifest, skip)
             if not tables:
                 return None
-            board = new_board()
+            board = new_board(f"docpipe-board-{self.record.run_id}")  # named: ray.util.list_named_actors finds it
             ds = ray.data.from_arrow(cast(list[Any], blocks(tables, block_rows(self.cfg))))
             del tables
             outcomes = send(ds, self.cfg, self.record.run_id, board, raise_on_stop=False)
