@@ -38,13 +38,14 @@ class S3:
         return sorted(o["Key"] for o in found)
 
 
-@pytest.fixture(scope="session")
-def s3() -> Iterator[S3]:
+@pytest.fixture(scope="session", name="s3")
+def s3_server() -> Iterator[S3]:
+    """The endpoint, for the session (import ``s3_server`` into a test module, ask for ``s3``)."""
     server_mod = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
     boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
+    _host, port = server.get_host_and_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}  # fmt: skip

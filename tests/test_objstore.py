@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,8 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.runner import run
 from pipeline.simulator.answers import answer_for
-from tests.conftest import cli, fast_config, make_rows
-from tests.s3server import S3, s3  # noqa: F401  (the session fixture)
+from tests.conftest import ROOT, cli, fast_config, make_rows
+from tests.s3server import S3, s3_server  # noqa: F401  (the session fixture `s3`)
 
 
 def put_parquet(s3: S3, bucket: str, key: str, rows: list[dict[str, Any]]) -> str:
@@ -168,3 +170,14 @@ def test_an_s3_url_without_a_key_is_an_invalid_row(url: str, tmp_path: Path) -> 
     from pipeline.manifest import _invalid
 
     assert _invalid(url, "q") == f"file_url is not an s3://bucket/key URL: {url!r}"
+
+
+def test_importing_docpipe_and_running_the_asyncio_engine_imports_neither_ray_nor_boto3(tmp_path: Path) -> None:
+    code = (
+        "import sys, pipeline, pipeline.cli, pipeline.runner, pipeline.staging, pipeline.objstore, pipeline.presign, "
+        "pipeline.rayengine, pipeline.rayengine.shares\n"
+        "print(sorted(m for m in ('ray', 'boto3', 'botocore', 'moto') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -23,7 +23,7 @@ from pipeline.records import RunSummary
 from pipeline.runner import run
 from pipeline.simulator.answers import answer_for
 from tests.conftest import fast_config, make_rows
-from tests.s3server import S3, s3  # noqa: F401  (the session fixture)
+from tests.s3server import S3, s3_server  # noqa: F401  (the session fixture `s3`)
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[test]' or '.[ray]')")
 
