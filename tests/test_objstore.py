@@ -181,3 +181,14 @@ def test_importing_docpipe_and_running_the_asyncio_engine_imports_neither_ray_no
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_job_file_keeps_object_store_urls_and_resolves_its_cache_dir(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+
+    job = tmp_path / "job.toml"
+    job.write_text('manifest = "s3://bucket/in/m.parquet"\nout = "s3://bucket/out/night"\n'
+                   '[storage]\ncache_dir = "cache"\npresign_ttl = "2h"\n')  # fmt: skip
+    cfg = load_config(job, flags={"presign_ttl": "900"})
+    assert (cfg.manifest, cfg.out) == ("s3://bucket/in/m.parquet", "s3://bucket/out/night")
+    assert (cfg.cache_dir, cfg.presign_ttl) == (str((tmp_path / "cache").resolve()), 900.0)
