@@ -72,7 +72,7 @@ def test_s3_manifest_to_s3_out_on_ray_keeps_the_limits_and_writes_what_asyncio_w
     manifest = put_parquet(s3, bucket, "in/m.parquet", rows)
     server = sim(latency_s=0.03, rpm=6000)
     out = f"s3://{bucket}/out/ray"
-    cfg = fast_config(manifest, out, server, engine="ray", concurrency=8, ray_actors=2, rpm=6000,  # type: ignore[arg-type]
+    cfg = fast_config(manifest, out, server, engine="ray", concurrency=8, ray_actors=2, rpm=6000,
                       cache_dir=str(tmp_path / "cache"))  # fmt: skip
     summary = run(cfg)
     assert (summary.exit_code, summary.ok, summary.out) == (0, 600, out)
@@ -88,7 +88,7 @@ def test_s3_manifest_to_s3_out_on_ray_keeps_the_limits_and_writes_what_asyncio_w
     assert sum(a["concurrency"] for a in actors) <= 8 and all(a["rpm"] + 1 <= 3000 for a in actors)
 
     # the asyncio engine writes the same table for the same manifest
-    plain = run(fast_config(manifest, tmp_path / "plain", server, concurrency=8,  # type: ignore[arg-type]
+    plain = run(fast_config(manifest, tmp_path / "plain", server, concurrency=8,
                             cache_dir=str(tmp_path / "cache")))  # fmt: skip
     assert plain.ok == 600
     mine = pq.read_table(tmp_path / "plain" / "results.parquet")

@@ -2,9 +2,10 @@
 
 The driver is the asyncio engine's :class:`~pipeline.runner.Run` with the pool
 swapped out: it reads the manifest, skips what the output folder already holds, and
-hands the rows left to the Ray Data sender actors (:mod:`pipeline.rayengine.dataset`);
+hands the rows left (held in Ray's object store: for very large manifests, run in
+``--limit``/``--shard`` slices) to the Ray Data sender actors (:mod:`pipeline.rayengine.dataset`);
 each outcome batch that comes back is journaled on the driver's disk at once (the
-same journal, fsync'd every ``flush_interval``), and compaction, ``_run.json`` and the
+same journal; written at once, fsync'd every :data:`POLL_S` while batches come in), and compaction, ``_run.json`` and the
 report are the asyncio engine's. So both engines write the same table for the same
 manifest, and a rerun resumes from either.
 
@@ -63,6 +64,7 @@ class RayRun(Run):
         super().__init__(cfg, progress=progress)
         self.engine: dict[str, Any] = {"name": "ray", "actors": split(self.cfg).actors}
         self._errors: list[str] = []
+        self._next_progress = 0.0
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
@@ -157,10 +159,13 @@ class RayRun(Run):
         return reason or self._stop_reason(board)
 
     def _progress_tick(self) -> None:
+        """The journal's fsync, and progress every ``display.interval`` seconds."""
         assert self.journal is not None
         with contextlib.suppress(Exception):
             self.journal.flush_sync()
-        if self.progress is not None:
+        now = time.monotonic()
+        if self.progress is not None and now >= self._next_progress:
+            self._next_progress = now + self.progress.interval
             self.progress.update(self.record.snapshot(None))
 
     def _stop_reason(self, board: Any) -> str | None:
