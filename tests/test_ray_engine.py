@@ -154,16 +154,22 @@ def test_a_bad_key_stops_the_whole_job_and_the_rows_stay_pending(local_ray: None
     assert server.stats()["requests"] < 200  # stopped dispatching, not one 401 per row
 
 
-def test_answer_on_a_dataset_gives_every_row_its_outcome_columns(local_ray: None, sim: Any) -> None:
+def test_answer_on_a_dataset_gives_every_row_its_outcome_columns_within_the_rpm_share(
+    local_ray: None, sim: Any
+) -> None:
     import pipeline.ray
 
-    server = sim()
-    items = [{**r, "category": "x", "status": "draft"} for r in make_rows(20)]
+    # --rpm 600 over 2 actors: 299 a minute each, one request every 0.2 s per actor; answers take
+    # 0.02 s, so paced requests of one actor never overlap and the gateway sees at most 2 in flight
+    server = sim(latency_s=0.02, latency_jitter=0.0, rpm=600)
+    items = [{**r, "category": "x", "status": "draft"} for r in make_rows(24)]
     ds = ray.data.from_items(items)
-    answered = pipeline.ray.answer(ds, base_url=server.url, api_key="sk-test-0123456789abcdef", concurrency=4,
-                                   ray_actors=1, backoff_initial=0, backoff_max=0)  # fmt: skip
+    answered = pipeline.ray.answer(ds, base_url=server.url, api_key="sk-test-0123456789abcdef", concurrency=8,
+                                   ray_actors=2, rpm=600, backoff_initial=0, backoff_max=0)  # fmt: skip
     got = sorted(answered.take_all(), key=lambda r: r["file_url"])
-    assert len(got) == 20 and server.stats()["requests"] == 20
+    stats = server.stats()
+    assert len(got) == 24 and stats["requests"] == 24
+    assert stats["max_in_flight"] <= 2 and stats["outcomes"].get("rpm_429", 0) == 0
     for r in got:
         assert r["status"] == "ok" and r["answer"] == answer_for(MODEL, f"{r['file_url']} {r['question']}")
         assert r["input_status"] == "draft" and r["category"] == "x"  # a passthrough named like an output column
