@@ -36,9 +36,11 @@ MODEL = "gpt-4o-all"
 RUN_COLUMNS = {"started_at", "completed_at", "latency_ms", "run_id", "response_id", "gateway_request_id"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_ray(s3: S3) -> Iterator[None]:
-    """A local Ray for this module; started after the S3 variables are set, so actors see them."""
+    """A local Ray, started once (after the S3 variables are set, so actors see them): with
+    pytest-xdist the module's tests may not run back to back, and a module fixture would
+    start Ray again each time they resume."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         yield
