@@ -3,10 +3,11 @@
 The driver is the asyncio engine's :class:`~pipeline.runner.Run` with the pool
 swapped out: it reads the manifest, skips what the output folder already holds, and
 hands the rows left (held in Ray's object store: for very large manifests, run in
-``--limit``/``--shard`` slices) to the Ray Data sender actors (:mod:`pipeline.rayengine.dataset`);
-each outcome batch that comes back is journaled on the driver's disk at once (the
-same journal; written at once, fsync'd every :data:`POLL_S` while batches come in), and compaction, ``_run.json`` and the
-report are the asyncio engine's. So both engines write the same table for the same
+``--limit``/``--shard`` slices) to the Ray Data sender actors
+(:mod:`pipeline.rayengine.dataset`); each outcome batch that comes back is journaled on
+the driver's disk at once (the same journal: written at once, fsync'd every
+:data:`POLL_S` while batches come in), and compaction, ``_run.json`` and the report are
+the asyncio engine's. So both engines write the same table for the same
 manifest, and a rerun resumes from either.
 
 Durability: an outcome is journaled when its batch reaches the driver. A killed
