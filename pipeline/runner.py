@@ -32,15 +32,16 @@ from typing import Any
 
 from .arrowutil import string_scalar
 from .budget import BudgetGuard, check_before_start, estimate_rows
-from .client import GatewayClient
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
+from .incremental import Gate, doc_heads, reuse_index
 from .journal import JournalWriter
 from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .memory import release_memory
 from .pool import Pool
+from .presign import PresigningClient  # s3:// documents presigned per attempt; others untouched
 from .records import Outcome, RunSummary
 from .report import ProgressDisplay
 from .rundir import RunDir
@@ -109,31 +110,43 @@ class Run:
             why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
             if why:
                 raise UsageError(f"{why}; nothing was sent")
+        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self.stop.request(str(e))
         self._write_info(self.record.running())
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
         with self._signal_handlers():
-            async with GatewayClient(cfg) as client, self._background():
+            async with PresigningClient(cfg) as client, doc_heads(cfg) as heads, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
+                gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
+                            stop=self.stop, heads=heads, index=index)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
-                            concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
+                            concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
                 producer_error = await pool.run()
+                await gate.close()
+                self.record.doc_meta = dict(heads.counts) if heads is not None else None
+        del pool, gate, index  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
         summary = await self._finish(manifest)
         if producer_error is not None:  # everything answered is kept; now say what broke
             raise producer_error
         return summary
 
     def _record(self, outcome: Outcome) -> None:
+        if self._amend(outcome):
+            self.record.add(outcome)
+
+    def _amend(self, outcome: Outcome) -> bool:
+        """Journal an outcome (alone: a second record of one already counted, whose document
+        metadata came later); False when the journal could not take it and the run is stopping."""
         assert self.journal is not None
         try:
             self.journal.add(outcome)
         except StorageError as e:
             self.stop.request(str(e))
-            return
-        self.record.add(outcome)
+            return False
+        return True
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""
@@ -195,16 +208,10 @@ class Run:
         """An error ended the run: say so in _run.json, with the exit code the process will have."""
         if self.journal is None:  # nothing was started: _run.json (if any) is the last run's
             return
-        if isinstance(e, UsageError):
-            code = ExitCode.USAGE
-        elif isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
-            code = ExitCode.ABORTED
-        else:
-            code = ExitCode.INTERNAL
         reason = self.stop.reason or f"{type(e).__name__}: {e}"
         with contextlib.suppress(Exception):
             self.journal.flush_sync()
-            self._write_info(self.record.crashed(reason, code, self.pacer.slots))
+            self._write_info(self.record.crashed(reason, _crash_code(e), self.pacer.slots))
 
     def _write_info(self, summary: RunSummary) -> None:
         try:
@@ -293,6 +300,15 @@ class Run:
         while True:
             await asyncio.sleep(display.interval)
             display.update(self.record.snapshot(self.pacer.slots))
+
+
+def _crash_code(e: BaseException) -> ExitCode:
+    """The exit code the process will have for an error that ended the run."""
+    if isinstance(e, UsageError):
+        return ExitCode.USAGE
+    if isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
+        return ExitCode.ABORTED
+    return ExitCode.INTERNAL
 
 
 def _write_report(run_dir: RunDir) -> None:
@@ -390,6 +406,10 @@ def run(cfg: JobConfig | None = None, *, display: ProgressDisplay | None = None,
         cfg = cfg.replace(**settings)
     if display is None:
         display = make_progress(cfg.progress, cfg.progress_interval)
+    if cfg.engine != "asyncio" or "://" in f"{cfg.manifest}{cfg.out}":  # Ray, object storage: pipeline/staging.py
+        from .staging import dispatch
+
+        return dispatch(cfg, display=display, install_signals=install_signals)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
