@@ -119,8 +119,8 @@ class Run:
         with self._signal_handlers():
             async with GatewayClient(cfg) as client, doc_heads(cfg) as heads, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
-                gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
-                            stop=self.stop, heads=heads, index=index)  # fmt: skip
+                gate = Gate(record=self._record, amend=lambda o: self._record(o, count=False),
+                            repeats=self.record.add_repeats, stop=self.stop, heads=heads, index=index)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
@@ -133,22 +133,17 @@ class Run:
             raise producer_error
         return summary
 
-    def _record(self, outcome: Outcome) -> None:
+    def _record(self, outcome: Outcome, count: bool = True) -> None:
+        """Journal ``outcome`` and count it (``count=False``: a second record of an outcome
+        already counted, whose document metadata came later)."""
         assert self.journal is not None
         try:
             self.journal.add(outcome)
         except StorageError as e:
             self.stop.request(str(e))
             return
-        self.record.add(outcome)
-
-    def _amend(self, outcome: Outcome) -> None:
-        """Journal a second record of an outcome already counted (its document metadata came later)."""
-        assert self.journal is not None
-        try:
-            self.journal.add(outcome)
-        except StorageError as e:
-            self.stop.request(str(e))
+        if count:
+            self.record.add(outcome)
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""
