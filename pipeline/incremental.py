@@ -38,7 +38,7 @@ from .records import Outcome, Row, Status
 from .reuse import ReuseIndex, ReuseSink
 
 #: Rows with a reuse candidate that may wait on their HEAD at once.
-PARKED = 8192
+PARKED = 4096
 
 
 class Gate:
