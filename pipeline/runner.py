@@ -32,7 +32,6 @@ from typing import Any
 
 from .arrowutil import string_scalar
 from .budget import BudgetGuard, check_before_start, estimate_rows
-from .client import GatewayClient
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
@@ -42,6 +41,7 @@ from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .memory import release_memory
 from .pool import Pool
+from .presign import PresigningClient  # s3:// documents presigned per attempt; others untouched
 from .records import Outcome, RunSummary
 from .report import ProgressDisplay
 from .rundir import RunDir
@@ -117,7 +117,7 @@ class Run:
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
         with self._signal_handlers():
-            async with GatewayClient(cfg) as client, doc_heads(cfg) as heads, self._background():
+            async with PresigningClient(cfg) as client, doc_heads(cfg) as heads, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
                 gate = Gate(record=self._record, amend=lambda o: self._record(o, count=False),
                             repeats=self.record.add_repeats, stop=self.stop, heads=heads, index=index)  # fmt: skip
@@ -400,6 +400,10 @@ def run(cfg: JobConfig | None = None, *, display: ProgressDisplay | None = None,
         cfg = cfg.replace(**settings)
     if display is None:
         display = make_progress(cfg.progress, cfg.progress_interval)
+    if cfg.engine != "asyncio" or "://" in f"{cfg.manifest}{cfg.out}":  # Ray, object storage: pipeline/staging.py
+        from .staging import dispatch
+
+        return dispatch(cfg, display=display, install_signals=install_signals)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
