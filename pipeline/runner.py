@@ -119,8 +119,8 @@ class Run:
         with self._signal_handlers():
             async with PresigningClient(cfg) as client, doc_heads(cfg) as heads, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
-                gate = Gate(record=self._record, amend=lambda o: self._record(o, count=False),
-                            repeats=self.record.add_repeats, stop=self.stop, heads=heads, index=index)  # fmt: skip
+                gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
+                            stop=self.stop, heads=heads, index=index)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
@@ -133,17 +133,20 @@ class Run:
             raise producer_error
         return summary
 
-    def _record(self, outcome: Outcome, count: bool = True) -> None:
-        """Journal ``outcome`` and count it (``count=False``: a second record of an outcome
-        already counted, whose document metadata came later)."""
+    def _record(self, outcome: Outcome) -> None:
+        if self._amend(outcome):
+            self.record.add(outcome)
+
+    def _amend(self, outcome: Outcome) -> bool:
+        """Journal an outcome (alone: a second record of one already counted, whose document
+        metadata came later); False when the journal could not take it and the run is stopping."""
         assert self.journal is not None
         try:
             self.journal.add(outcome)
         except StorageError as e:
             self.stop.request(str(e))
-            return
-        if count:
-            self.record.add(outcome)
+            return False
+        return True
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""
@@ -205,16 +208,10 @@ class Run:
         """An error ended the run: say so in _run.json, with the exit code the process will have."""
         if self.journal is None:  # nothing was started: _run.json (if any) is the last run's
             return
-        if isinstance(e, UsageError):
-            code = ExitCode.USAGE
-        elif isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
-            code = ExitCode.ABORTED
-        else:
-            code = ExitCode.INTERNAL
         reason = self.stop.reason or f"{type(e).__name__}: {e}"
         with contextlib.suppress(Exception):
             self.journal.flush_sync()
-            self._write_info(self.record.crashed(reason, code, self.pacer.slots))
+            self._write_info(self.record.crashed(reason, _crash_code(e), self.pacer.slots))
 
     def _write_info(self, summary: RunSummary) -> None:
         try:
@@ -303,6 +300,15 @@ class Run:
         while True:
             await asyncio.sleep(display.interval)
             display.update(self.record.snapshot(self.pacer.slots))
+
+
+def _crash_code(e: BaseException) -> ExitCode:
+    """The exit code the process will have for an error that ended the run."""
+    if isinstance(e, UsageError):
+        return ExitCode.USAGE
+    if isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
+        return ExitCode.ABORTED
+    return ExitCode.INTERNAL
 
 
 def _write_report(run_dir: RunDir) -> None:
