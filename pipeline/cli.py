@@ -200,10 +200,35 @@ _RUN_OPTIONS = [
 ]
 
 
+#: Incremental nights (issue 12): reuse of earlier answers, document metadata.
+_REUSE_OPTIONS = [
+    click.option(
+        "--reuse",
+        multiple=True,
+        metavar="PATH",
+        help="Copy forward ok answers of this earlier output folder (repeatable; globs such as "
+        "'out/*') whose request and document are unchanged: no request.",
+    ),
+    click.option("--max-age", metavar="DURATION", help="Ask again answers older than this (7d, 36h) with --reuse."),
+    click.option(
+        "--doc-meta/--no-doc-meta",
+        default=None,
+        help="HEAD each document for doc_etag, doc_last_modified, doc_bytes [default: on].",
+    ),
+    click.option("--head-timeout", metavar="DURATION", help="Per document HEAD [default: 10 s]."),
+    click.option("--head-concurrency", metavar="N", help="Most document HEADs in flight [default: 32]."),
+    click.option(
+        "--ignore-query",
+        metavar="NAMES",
+        help="Comma-separated query parameters reuse ignores [default: signature and expiry ones].",
+    ),
+]
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options of run and validate. Values go to JobConfig as given: it parses and
     checks every one (types, ranges, durations, HH:MM, K/N), so they are untyped here."""
-    for option in reversed(_RUN_OPTIONS):
+    for option in reversed([*_RUN_OPTIONS, *_REUSE_OPTIONS]):
         fn = option(fn)
     return fn
 
@@ -217,6 +242,7 @@ def build_config(manifest: str | None, opts: dict[str, Any], *, require_out: boo
     quiet = bool(opts.pop("quiet", False))
     if opts.pop("fixed_concurrency", None):
         opts["adaptive"] = False
+    opts["reuse"] = opts.get("reuse") or None  # click gives () when --reuse is not given
     if quiet:
         opts["progress"] = "none"
     if manifest:

@@ -42,6 +42,7 @@ from .errors import ManifestError
 from .idset import IdIndex, hash_ids
 from .records import Row
 from .schema import RESERVED_NAMES
+from .signedurl import canonical_url, ignored_names
 
 URL_ALIASES = ("file_url", "url", "file")
 QUESTION_ALIASES = ("question", "prompt")
@@ -117,6 +118,7 @@ class Manifest:
         self.columns = Columns(url, question, ident, passthrough, output)
         self._template_fields = self._check_template(cfg.template, names)
         self._hash_prefix = hash_prefix(cfg)
+        self._ignore_query = ignored_names(cfg.ignore_query)
         self.num_rows = self._prepass()
         if self.num_rows == 0:
             raise ManifestError(f"{self.path}: manifest has a header but no rows")
@@ -250,6 +252,16 @@ class Manifest:
     def request_id_for(self, content: str) -> str:
         return request_id(self._hash_prefix, content)
 
+    def reuse_key_for(self, url: str, content: str) -> int:
+        """The request's identity for reuse (pipeline/reuse.py): the request_id's hash with the
+        signed URL parameters of ``[reuse] ignore_query`` left out of ``url``, as a signed 64-bit int."""
+        if "?" in url:
+            canonical = canonical_url(url, self._ignore_query)
+            if canonical != url:
+                content = content.replace(url, canonical)
+        digest = hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "little", signed=True)
+
     def views(self) -> Iterator[tuple[pa.RecordBatch, pa.Array[Any], list[str]]]:
         """Yield (batch, request_ids, contents) for every manifest row in scope
         (after --shard and --limit), in manifest order."""
@@ -315,6 +327,7 @@ class Manifest:
                         question=q,
                         content=contents[i],
                         invalid=_invalid(url, q),
+                        reuse_key=self.reuse_key_for(url.strip(), contents[i]),
                     )
                 )
             yield out

@@ -35,6 +35,7 @@ from .budget import BudgetGuard, check_before_start, estimate_rows
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
+from .incremental import Gate, doc_heads, reuse_index
 from .journal import JournalWriter
 from .limits import Breaker, Pacer
 from .manifest import Manifest
@@ -109,17 +110,24 @@ class Run:
             why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
             if why:
                 raise UsageError(f"{why}; nothing was sent")
+        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self.stop.request(str(e))
         self._write_info(self.record.running())
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
         with self._signal_handlers():
-            async with PresigningClient(cfg) as client, self._background():
+            async with PresigningClient(cfg) as client, doc_heads(cfg) as heads, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
+                gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
+                            stop=self.stop, heads=heads, index=index)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
-                            concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
+                            concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
+                sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
                 producer_error = await pool.run()
+                await gate.close()
+                self.record.doc_meta = dict(heads.counts) if heads is not None else None
+        del pool, gate, index  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
         summary = await self._finish(manifest)
         if producer_error is not None:  # everything answered is kept; now say what broke
             raise producer_error
@@ -133,6 +141,14 @@ class Run:
             self.stop.request(str(e))
             return
         self.record.add(outcome)
+
+    def _amend(self, outcome: Outcome) -> None:
+        """Journal a second record of an outcome already counted (its document metadata came later)."""
+        assert self.journal is not None
+        try:
+            self.journal.add(outcome)
+        except StorageError as e:
+            self.stop.request(str(e))
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""

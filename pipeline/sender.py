@@ -43,7 +43,7 @@ from .errors import (
     RunFatalError,
     UnreadableDocument,
 )
-from .limits import Pacer
+from .limits import Pacer, Sleep
 from .records import Completion, Failure, Outcome, Row, make_outcome
 from .retry import retrying, should_retry, wait_for
 from .runrecord import RunRecord
@@ -113,6 +113,9 @@ class RowSender:
         self._no_channel_streak = 0
         self._unreachable_streak = 0
         self._gateway_answered = False  # any HTTP response at all, this run
+        # where a row waits out its back-off or Retry-After: the pool's rest lends its seat to
+        # the next row meanwhile (pipeline/pool.py); a stop cuts either short
+        self.rest: Sleep = stop.sleep
 
     async def send(self, row: Row) -> Outcome | None:
         """Answer ``row``: its Outcome, or None when the run stopped before it was answered."""
@@ -160,7 +163,7 @@ class RowSender:
             wait = wait_for(first, 1, self.cfg.backoff_initial, self.cfg.backoff_max)
             if time.monotonic() + wait > deadline:
                 raise
-            await self.stop.sleep(wait)
+            await self.rest(wait)
             if self.stop.is_set:
                 raise
         controller = retrying(
@@ -170,7 +173,7 @@ class RowSender:
             maximum=self.cfg.backoff_max,
             retry=lambda e: self._retry_on(row, tries, e),
             stop_now=lambda: self.stop.is_set,
-            sleep=self.stop.sleep,
+            sleep=self.rest,
             attempts_before=1,
         )
         async for try_ in controller:
