@@ -122,7 +122,7 @@ def test_s3_documents_reach_the_gateway_presigned_and_the_url_fetches_the_object
         assert r["file_url"].startswith("s3://")
         assert r["answer"] == answer_for("gpt-4o-all", by_doc[r["file_url"]])
     for path in (out / "results.parquet", out / "_run.json"):
-        assert b"X-Amz-Signature" not in path.read_bytes()
+        assert b"X-Amz-Signature=" not in path.read_bytes()  # the name alone is in ignore_query
 
 
 def test_an_error_that_echoes_the_presigned_url_carries_the_s3_url_instead(s3: S3) -> None:

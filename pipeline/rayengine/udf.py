@@ -30,11 +30,12 @@ from ..budget import BudgetGuard
 from ..config import JobConfig
 from ..control import StopControl
 from ..errors import RunFatalError
-from ..limits import Breaker, Pacer
+from ..limits import Pacer
 from ..manifest import _invalid as invalid_reason
 from ..pool import invalid_outcome
 from ..presign import PresigningClient
 from ..records import Outcome, Row
+from ..runner import pacer_for
 from ..runrecord import RunRecord
 from ..schema import JOURNAL_SCHEMA, OUTCOME_COLUMNS, TS
 from ..sender import RowSender
@@ -102,7 +103,7 @@ class SenderUDF:
             if self._actor is None:
                 cfg = self.cfg
                 stop = StopControl()
-                pacer = _pacer(cfg)
+                pacer = pacer_for(cfg)
                 client = PresigningClient(cfg)
                 await client.__aenter__()
                 sender = RowSender(cfg, client, pacer, BudgetGuard(cfg), stop, RunRecord(cfg), asker_for(cfg))
@@ -132,19 +133,6 @@ class SenderUDF:
             if reason:
                 self._told = True  # it came from the board
                 stop.request(reason)
-
-
-def _pacer(cfg: JobConfig) -> Pacer:
-    """The actor's pacer, built as the asyncio engine's is, on the actor's share of the limits."""
-    return Pacer(
-        concurrency=cfg.concurrency,
-        adaptive=cfg.adaptive,
-        rpm=cfg.rpm,
-        tpm=cfg.tpm,
-        backoff_initial=cfg.backoff_initial,
-        backoff_max=cfg.backoff_max,
-        breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
-    )
 
 
 def _rows(batch: pa.Table) -> list[Row]:
