@@ -139,21 +139,19 @@ class Run:
         return summary
 
     def _record(self, outcome: Outcome) -> None:
-        assert self.journal is not None
-        try:
-            self.journal.add(outcome)
-        except StorageError as e:
-            self.stop.request(str(e))
-            return
-        self.record.add(outcome)
+        if self._amend(outcome):
+            self.record.add(outcome)
 
-    def _amend(self, outcome: Outcome) -> None:
-        """Journal a second record of an outcome already counted (its document metadata came later)."""
+    def _amend(self, outcome: Outcome) -> bool:
+        """Journal an outcome (alone: a second record of one already counted, whose document
+        metadata came later); False when the journal could not take it and the run is stopping."""
         assert self.journal is not None
         try:
             self.journal.add(outcome)
         except StorageError as e:
             self.stop.request(str(e))
+            return False
+        return True
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""
@@ -215,16 +213,10 @@ class Run:
         """An error ended the run: say so in _run.json, with the exit code the process will have."""
         if self.journal is None:  # nothing was started: _run.json (if any) is the last run's
             return
-        if isinstance(e, UsageError):
-            code = ExitCode.USAGE
-        elif isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
-            code = ExitCode.ABORTED
-        else:
-            code = ExitCode.INTERNAL
         reason = self.stop.reason or f"{type(e).__name__}: {e}"
         with contextlib.suppress(Exception):
             self.journal.flush_sync()
-            self._write_info(self.record.crashed(reason, code, self.pacer.slots))
+            self._write_info(self.record.crashed(reason, _crash_code(e), self.pacer.slots))
 
     def _write_info(self, summary: RunSummary) -> None:
         try:
@@ -313,6 +305,15 @@ class Run:
         while True:
             await asyncio.sleep(display.interval)
             display.update(self.record.snapshot(self.pacer.slots))
+
+
+def _crash_code(e: BaseException) -> ExitCode:
+    """The exit code the process will have for an error that ended the run."""
+    if isinstance(e, UsageError):
+        return ExitCode.USAGE
+    if isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
+        return ExitCode.ABORTED
+    return ExitCode.INTERNAL
 
 
 def _write_report(run_dir: RunDir) -> None:
