@@ -52,7 +52,15 @@ def local_ray(s3: S3) -> Iterator[None]:
     """A local Ray, started once (after the S3 variables are set, so actors see them): with
     pytest-xdist the module's tests may not run back to back, and a module fixture would
     start Ray again each time they resume."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+            break
+        except Exception:
+            # Ray gives its raylet 30 s to register, hard-coded: a machine under a load of 20+ misses it
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         yield
     finally:
