@@ -237,7 +237,8 @@ def _outcome(r: dict[str, Any]) -> Outcome:
     values["status"] = Status(values["status"])
     for name in ("started_at", "completed_at", "doc_last_modified"):  # Outcome keeps epoch seconds
         values[name] = None if values[name] is None else values[name].timestamp()
-    return Outcome(request_id=r["request_id"], row_index=r["row_index"], **values)
+    # reuse_key rides in its own column: kept in the journal, so a later asyncio night can --reuse these answers
+    return Outcome(request_id=r["request_id"], row_index=r["row_index"], reuse_key=r.get("reuse_key"), **values)
 
 
 @contextlib.contextmanager
