@@ -54,6 +54,19 @@ log = logging.getLogger("docpipe")
 COMPACTED_MARK = ".compacted.json"
 
 
+def pacer_for(cfg: JobConfig) -> Pacer:
+    """The pacer of a run's limits (the Ray engine's actors each build theirs on their share)."""
+    return Pacer(
+        concurrency=cfg.concurrency,
+        adaptive=cfg.adaptive,
+        rpm=cfg.rpm,
+        tpm=cfg.tpm,
+        backoff_initial=cfg.backoff_initial,
+        backoff_max=cfg.backoff_max,
+        breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
+    )
+
+
 class Run:
     """One run of one job. Use :func:`run` or :func:`run_async` rather than this directly."""
 
@@ -67,15 +80,7 @@ class Run:
         self.stop = StopControl()
         self.record = RunRecord(cfg)
         self.run_dir = RunDir(cfg.out)
-        self.pacer = Pacer(
-            concurrency=cfg.concurrency,
-            adaptive=cfg.adaptive,
-            rpm=cfg.rpm,
-            tpm=cfg.tpm,
-            backoff_initial=cfg.backoff_initial,
-            backoff_max=cfg.backoff_max,
-            breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
-        )
+        self.pacer = pacer_for(cfg)
         self.journal: JournalWriter | None = None  # opened once the folder's lock is held
         self.asker = asker_for(cfg)  # structured answers: the schema's columns, checks and the run's mode
         self._signals = 0
