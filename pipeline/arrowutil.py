@@ -60,24 +60,3 @@ def int_scalar(value: int) -> pa.Scalar[Any]:
     """One integer as an Arrow scalar, for comparisons in pyarrow.compute."""
     scalar: pa.Scalar[Any] = numeric(np.array([value], dtype=np.int64))[0]
     return scalar
-
-
-_NUMPY_OF = {pa.int64(): np.int64, pa.int32(): np.int32, pa.int16(): np.int16, pa.float64(): np.float64}
-
-
-def to_numpy(values: pa.Array[Any] | pa.ChunkedArray[Any]) -> np.ndarray[Any, Any]:
-    """An int16/32/64, float64 or boolean Arrow array without nulls as numpy, built from its
-    buffers: ``Array.to_numpy`` asks whether pandas is there and imports it (+45 MB, ~0.7 s)."""
-    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if array.null_count:
-        raise ValueError("to_numpy: the array has nulls")
-    n, data = len(array), array.buffers()[1]
-    if pa.types.is_boolean(array.type):
-        if data is None or not n:
-            return np.zeros(n, dtype=np.bool_)
-        bits = np.unpackbits(np.frombuffer(memoryview(data), dtype=np.uint8), bitorder="little")
-        return bits[array.offset : array.offset + n].astype(np.bool_)
-    dtype = np.dtype(_NUMPY_OF[array.type])
-    if data is None or not n:
-        return np.zeros(n, dtype=dtype)
-    return np.frombuffer(memoryview(data), dtype=dtype, count=n, offset=array.offset * dtype.itemsize)

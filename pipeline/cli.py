@@ -183,10 +183,35 @@ _RUN_OPTIONS = [
 ]
 
 
+#: Incremental nights (issue 12): reuse of earlier answers, document metadata.
+_REUSE_OPTIONS = [
+    click.option(
+        "--reuse",
+        multiple=True,
+        metavar="PATH",
+        help="Copy forward ok answers of this earlier output folder (repeatable; globs such as "
+        "'out/*') whose request and document are unchanged: no request.",
+    ),
+    click.option("--max-age", metavar="DURATION", help="Ask again answers older than this (7d, 36h) with --reuse."),
+    click.option(
+        "--doc-meta/--no-doc-meta",
+        default=None,
+        help="HEAD each document for doc_etag, doc_last_modified, doc_bytes [default: on].",
+    ),
+    click.option("--head-timeout", metavar="DURATION", help="Per document HEAD [default: 10 s]."),
+    click.option("--head-concurrency", metavar="N", help="Most document HEADs in flight [default: 32]."),
+    click.option(
+        "--ignore-query",
+        metavar="NAMES",
+        help="Comma-separated query parameters reuse ignores [default: signature and expiry ones].",
+    ),
+]
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options of run and validate. Values go to JobConfig as given: it parses and
     checks every one (types, ranges, durations, HH:MM, K/N), so they are untyped here."""
-    for option in reversed(_RUN_OPTIONS):
+    for option in reversed([*_RUN_OPTIONS, *_REUSE_OPTIONS]):
         fn = option(fn)
     return fn
 
@@ -200,6 +225,7 @@ def build_config(manifest: str | None, opts: dict[str, Any], *, require_out: boo
     quiet = bool(opts.pop("quiet", False))
     if opts.pop("fixed_concurrency", None):
         opts["adaptive"] = False
+    opts["reuse"] = opts.get("reuse") or None  # click gives () when --reuse is not given
     if quiet:
         opts["progress"] = "none"
     if manifest:
@@ -298,15 +324,33 @@ def demo(out: str, latency: float, fault_rate: float) -> None:
 @click.option("--api-key", default=None, help="Accept only this key (401 otherwise).")
 @click.option("--quota-requests", type=int, default=None, help="Quota exhausted after N answers.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--response-format", "response_format", type=click.Choice(["accept", "reject", "ignore"]),
+              default="accept", show_default=True,
+              help="What the gateway does with response_format: use it, reject it (400 naming it), "
+                   "or ignore it (answer prose).")  # fmt: skip
+@click.option("--schema-fault-rate", type=float, default=0.0, show_default=True,
+              help="Share of first structured answers given a schema fault.")  # fmt: skip
+@click.option(
+    "--schema-fault-kinds",
+    default=None,
+    help="Comma-separated schema faults: prose, fenced, sentence, violating, truncated (default: all).",
+)
 def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: float, fault_kinds: str | None,
              retry_after: float | None, rpm: int | None, capacity: int | None, api_key: str | None,
-             quota_requests: int | None, seed: int) -> None:  # fmt: skip
+             quota_requests: int | None, seed: int, response_format: str, schema_fault_rate: float,
+             schema_fault_kinds: str | None) -> None:  # fmt: skip
     """Serve the simulated gateway (an OpenAI-compatible fake) until interrupted.
 
+    Structured answers (a request with response_format, or a schema in its system
+    message) are JSON shaped by the schema; --schema-fault-rate spoils first answers
+    in the --schema-fault-kinds ways, --response-format reject|ignore plays a channel
+    that refuses or ignores response_format.
+
     \b
-    Example:
+    Examples:
       docpipe simulate --port 8088 --latency 1 --fault-rate 0.1 &
       docpipe run pipeline/sample_inputs/reports.csv --out out/sim --base-url http://127.0.0.1:8088/v1
+      docpipe simulate --response-format reject --schema-fault-rate 0.2 --schema-fault-kinds prose,truncated
     """
     import asyncio
 
@@ -314,10 +358,16 @@ def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: fl
 
     kw: dict[str, Any] = dict(latency_s=latency, latency_jitter=jitter, fault_rate=fault_rate,
                               retry_after_s=retry_after, rpm=rpm, capacity=capacity, api_key=api_key,
-                              quota_requests=quota_requests, seed=seed)  # fmt: skip
+                              quota_requests=quota_requests, seed=seed, response_format=response_format,
+                              schema_fault_rate=schema_fault_rate)  # fmt: skip
     if fault_kinds:
         kw["fault_kinds"] = tuple(k.strip() for k in fault_kinds.split(",") if k.strip())
-    config = SimConfig(**kw)
+    if schema_fault_kinds:
+        kw["schema_fault_kinds"] = tuple(k.strip() for k in schema_fault_kinds.split(",") if k.strip())
+    try:
+        config = SimConfig(**kw)
+    except ValueError as e:  # one line, exit 2, as for every other bad flag
+        raise click.UsageError(f"simulate: {e}") from None
 
     def ready(bound: int) -> None:
         click.echo(f"simulator listening on http://{host}:{bound}/v1", err=False)

@@ -48,6 +48,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import UsageError
+from .signedurl import DEFAULT_IGNORE_QUERY
 
 DEFAULT_BASE_URL = "https://api.apicore.ai/v1"
 DEFAULT_MODEL = "gpt-4o-all"
@@ -80,14 +81,14 @@ GENERATION_PARAMS = (
 
 # ----------------------------------------------------------------------------- durations
 
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|us|µs|ns|h|m|s)"
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|us|µs|ns|d|h|m|s)"
 _DURATION = re.compile(rf"(?:\s*{_DURATION_PART})+\s*")
 
 
 def parse_duration(text: str) -> float:
     """Seconds in ``text``: plain seconds (``"90"``, ``"1.5"``) or unit sequences as
-    people and Go write them (``"7h"``, ``"90m"``, ``"1h30m"``, ``"45s"``, ``"6m0s"``,
+    people and Go write them (``"7d"``, ``"7h"``, ``"90m"``, ``"1h30m"``, ``"45s"``, ``"6m0s"``,
     ``"12ms"``). Raises ValueError for anything else, negatives and infinities included.
 
     The one duration parser of the package: settings (``max_runtime = "7h"``) and the
@@ -366,6 +367,22 @@ def _answer_schema(value: Any) -> dict[str, Any]:
     return load_schema(value)
 
 
+def _path_list(value: Any) -> tuple[str, ...]:
+    """Folders (or globs such as ``out/*``) as a list; one path alone is a list of one."""
+    items = (value,) if isinstance(value, str | os.PathLike) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected a list of paths")
+    return tuple(_path(v) for v in items)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """Query parameter names (a list, or one comma-separated string as a flag gives)."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise ValueError("expected a list of query parameter names")
+    return tuple(v.strip() for v in items)
+
+
 def _optional(parse: Parser) -> Parser:
     def optional(value: Any) -> Any:
         return None if value is None else parse(value)
@@ -389,8 +406,11 @@ _SECRET = frozenset({"api_key"})
 
 def _bad(where: str, sep: str, name: str, value: Any, why: str) -> UsageError:
     shown = "(hidden)" if name in _SECRET else repr(value)
-    if len(shown) > 80:  # an inline schema: the message names the path inside it instead
-        shown = shown[:76] + "...}" if shown.startswith("{") else shown[:79] + "…"
+    # a path or URL is shown whole (the user must find it); only a long inline value is cut,
+    # e.g. an inline schema, whose message names the path inside it instead
+    limit = 300 if isinstance(value, str) else 80
+    if len(shown) > limit:
+        shown = shown[: limit - 4] + "...}" if shown.startswith("{") else shown[: limit - 1] + "…"
     return UsageError(f"{where}{sep}{shown}: {why}")
 
 
@@ -474,6 +494,13 @@ class JobConfig:
     schema: Mapping[str, Any] | None = None
     schema_mode: str = "auto"  # auto | response_format | instructions
     schema_retries: int = 2
+    # incremental nights (issue 12, pipeline/reuse.py, pipeline/docmeta.py)
+    reuse: tuple[str, ...] = ()  # earlier output folders (or globs) whose ok answers may be copied forward
+    max_age: float | None = None  # seconds: older answers are asked again
+    doc_meta: bool = True  # HEAD each document: doc_etag, doc_last_modified, doc_bytes
+    head_timeout: float = 10.0
+    head_concurrency: int = 32
+    ignore_query: tuple[str, ...] = DEFAULT_IGNORE_QUERY  # query parameters reuse identity ignores
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -486,6 +513,9 @@ class JobConfig:
                 object.__setattr__(self, f.name, value)
         if self.backoff_initial > self.backoff_max:
             raise UsageError(f"backoff_initial={self.backoff_initial:g} is more than backoff_max={self.backoff_max:g}")
+        if self.reuse and not self.doc_meta:
+            raise UsageError("reuse needs document metadata to tell an unchanged document: drop doc_meta=false "
+                             "(--no-doc-meta) or reuse")  # fmt: skip
 
     def for_run(self) -> JobConfig:
         """This config, after the checks only a run needs; raises UsageError.
@@ -585,6 +615,12 @@ FIELD_PARSERS: dict[str, Parser] = {
     "schema": _optional(_answer_schema),
     "schema_mode": _choice(*SCHEMA_MODES),
     "schema_retries": _integer(0, 10),
+    "reuse": _path_list,
+    "max_age": _optional(_seconds(zero_ok=False)),
+    "doc_meta": _boolean,
+    "head_timeout": _seconds(zero_ok=False),
+    "head_concurrency": _integer(1, 10_000),
+    "ignore_query": _names,
 }
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(JobConfig))
 #: Settings that say where the key is; at most one per source (job file, flags, arguments).
@@ -620,7 +656,7 @@ class Given:
 
 # Job file layout: section -> {key in file: setting name}. Top-level keys map to themselves.
 _JOB_SECTIONS: dict[str, dict[str, str]] = {
-    "": {"manifest": "manifest", "out": "out", "manifest_format": "manifest_format"},
+    "": {"manifest": "manifest", "out": "out", "manifest_format": "manifest_format", "reuse": "reuse"},
     "gateway": {
         "base_url": "base_url",
         "model": "model",
@@ -669,6 +705,15 @@ _JOB_SECTIONS: dict[str, dict[str, str]] = {
         "shard": "shard",
     },
     "output": {"schema": "schema", "mode": "schema_mode", "schema_retries": "schema_retries"},
+    # `reuse = [...]` at the top level is the short form of [reuse] from = [...]
+    "reuse": {
+        "from": "reuse",
+        "max_age": "max_age",
+        "ignore_query": "ignore_query",
+        "doc_meta": "doc_meta",
+        "head_timeout": "head_timeout",
+        "head_concurrency": "head_concurrency",
+    },
 }
 #: Paths a job file gives relative to its own folder.
 _JOB_PATHS = ("manifest", "out", "api_key_file", "schema")
@@ -700,6 +745,10 @@ def read_job_file(path: str | os.PathLike[str]) -> dict[str, Given]:
         given = found.get(name)
         if given is not None and isinstance(given.value, str) and given.value.strip():
             found[name] = dataclasses.replace(given, value=str((p.parent / given.value).resolve()))
+    reuse = found.get("reuse")  # a list of folders or globs, each relative to the job file
+    if reuse is not None and isinstance(reuse.value, list):
+        paths = [str(p.parent / v) if isinstance(v, str) and v.strip() else v for v in reuse.value]
+        found["reuse"] = dataclasses.replace(reuse, value=paths)
     return found
 
 

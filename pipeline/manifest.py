@@ -42,6 +42,7 @@ from .errors import ManifestError
 from .idset import IdIndex, hash_ids
 from .records import Row
 from .schema import RESERVED_NAMES
+from .signedurl import canonical_url, ignored_names
 
 URL_ALIASES = ("file_url", "url", "file")
 QUESTION_ALIASES = ("question", "prompt")
@@ -121,6 +122,7 @@ class Manifest:
             hashed.append(cfg.schema)
         prefix = orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)
         self._hash_prefix = prefix + b"\x1e"
+        self._ignore_query = ignored_names(cfg.ignore_query)
         self.num_rows = self._prepass()
         if self.num_rows == 0:
             raise ManifestError(f"{self.path}: manifest has a header but no rows")
@@ -254,6 +256,16 @@ class Manifest:
     def request_id_for(self, content: str) -> str:
         return hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=16).hexdigest()
 
+    def reuse_key_for(self, url: str, content: str) -> int:
+        """The request's identity for reuse (pipeline/reuse.py): the request_id's hash with the
+        signed URL parameters of ``[reuse] ignore_query`` left out of ``url``, as a signed 64-bit int."""
+        if "?" in url:
+            canonical = canonical_url(url, self._ignore_query)
+            if canonical != url:
+                content = content.replace(url, canonical)
+        digest = hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "little", signed=True)
+
     def views(self) -> Iterator[tuple[pa.RecordBatch, pa.Array[Any], list[str]]]:
         """Yield (batch, request_ids, contents) for every manifest row in scope
         (after --shard and --limit), in manifest order."""
@@ -319,6 +331,7 @@ class Manifest:
                         question=q,
                         content=contents[i],
                         invalid=_invalid(url, q),
+                        reuse_key=self.reuse_key_for(url.strip(), contents[i]),
                     )
                 )
             yield out

@@ -37,6 +37,7 @@ from .client import GatewayClient
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
+from .incremental import Gate, doc_heads, reuse_index
 from .journal import JournalWriter
 from .limits import Breaker, Pacer
 from .manifest import Manifest
@@ -52,8 +53,6 @@ from .structured.ask import Asker, asker_for
 
 log = logging.getLogger("docpipe")
 COMPACTED_MARK = ".compacted.json"
-#: Rows above which a run leaves OUT/_report.html to `docpipe report` (see Run._write_report)
-AUTO_REPORT_ROWS = 200_000  # what results.parquet was last built from
 
 
 class Run:
@@ -112,18 +111,24 @@ class Run:
             why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
             if why:
                 raise UsageError(f"{why}; nothing was sent")
+        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self.stop.request(str(e))
         self._write_info(self.record.running())
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
         with self._signal_handlers():
-            async with GatewayClient(cfg) as client, self._background():
+            async with GatewayClient(cfg) as client, doc_heads(cfg) as heads, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
+                gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
+                            stop=self.stop, heads=heads, index=index)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
-                            concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
+                            concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
                 producer_error = await pool.run()
+                await gate.close()
+                self.record.doc_meta = dict(heads.counts) if heads is not None else None
+        del pool, gate, index  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
         summary = await self._finish(manifest)
         if producer_error is not None:  # everything answered is kept; now say what broke
             raise producer_error
@@ -137,6 +142,14 @@ class Run:
             self.stop.request(str(e))
             return
         self.record.add(outcome)
+
+    def _amend(self, outcome: Outcome) -> None:
+        """Journal a second record of an outcome already counted (its document metadata came later)."""
+        assert self.journal is not None
+        try:
+            self.journal.add(outcome)
+        except StorageError as e:
+            self.stop.request(str(e))
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""
@@ -155,7 +168,7 @@ class Run:
         if self.progress is not None:
             self.progress.close(self.record.snapshot(self.pacer.slots))
         self._write_info(summary)
-        _write_report(self.run_dir, summary.ok + summary.failed)
+        _write_report(self.run_dir)
         return summary
 
     async def _compact(self, manifest: Manifest) -> str | None:
@@ -306,14 +319,11 @@ async def _import_finish(delay: float = 1.0) -> None:
     await asyncio.to_thread(importlib.import_module, "pipeline.compaction")
 
 
-def _write_report(run_dir: RunDir, rows: int) -> None:
-    """OUT/_report.html after every run that got this far (also an aborted one): a
-    convenience, so a failure to draw it never changes the run's outcome. Above
-    :data:`AUTO_REPORT_ROWS` rows it is left to ``docpipe report OUT``: drawing reads
-    every row's figures (376 MB at 1 000 000 rows), which would double a run's memory."""
-    if rows > AUTO_REPORT_ROWS:
-        log.info("%d rows: make the page with `docpipe report %s`", rows, run_dir.path)
-        return
+def _write_report(run_dir: RunDir) -> None:
+    """OUT/_report.html after every run that got this far (also an aborted one), whatever
+    its size: the report reads the folder in batches into fixed-size aggregates (about
+    10 MB more at 1 000 000 rows than at 10 000). A convenience, so a failure to draw it
+    never changes the run's outcome."""
     try:
         from .htmlreport import write_report
 
