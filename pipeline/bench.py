@@ -97,6 +97,7 @@ class RunSpec:
     retry_after_s: float | None = None  # Retry-After of the "429" fault kind; None: no header
     capacity: int | None = None  # simulator's in-flight cap (empty-body 429 above it)
     doc_meta: bool = True  # the client HEADs each document (served by the simulator, issue 12)
+    engine: str = "asyncio"  # the client's --engine; "ray" starts a local Ray (issue 13)
 
     def sim_settings(self) -> dict[str, Any]:
         """Simulator settings beyond ``docpipe simulate``'s latency and fault flags."""
@@ -448,6 +449,8 @@ def _drive(spec: RunSpec, work: Path, manifest: Path, out: Path, profile: Path |
             run.append("--fixed-concurrency")
         if spec.timeout is not None:
             run += ["--timeout", str(spec.timeout)]
+        if spec.engine != "asyncio":
+            run += ["--engine", spec.engine]
         prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
         sim_t0 = sim.reset()
         cpu0, busy0 = sim.cpu_seconds(), _busy_seconds()
@@ -539,6 +542,7 @@ _CLEAN_10K = RunSpec(rows=10_000, latency=0.2, concurrency=100, fixed_concurrenc
 _RANDOM_429 = replace(_CLEAN_10K, fault_rate=0.05, fault_kinds=RANDOM_429S, fault_attempts=EVERY_ATTEMPT,
                       retry_after_s=1.0)  # fmt: skip
 # 30 s at the capacity's 200 answers/s: 20 s to judge after the warm-up.
+_LITTLE_100 = RunSpec(rows=10_000, latency=0.2, concurrency=100)
 _CAPACITY = RunSpec(rows=6000, latency=0.2, concurrency=200, capacity=40, fixed_concurrency=False)
 
 #: The issue's targets. Each scenario names its runs; a run shared by several
@@ -563,6 +567,9 @@ SCENARIOS: dict[str, dict[str, RunSpec]] = {
     "memory-10k": {"10k": _CLEAN_10K, "1M": _MILLION},
     # issue 12: little-100 with the documents' HEADs (the default) beside the same run without them
     "doc-meta": {"on": _LITTLE_100, "off": replace(_LITTLE_100, doc_meta=False)},
+    # issue 13: the Ray engine (a local Ray started by the client, 4 sender actors) against the
+    # asyncio engine, same rows; its start-up is spawn_to_first_request_s (Ray and the actors)
+    "ray": {"asyncio": _LITTLE_100, "ray": replace(_LITTLE_100, engine="ray")},
 }
 
 
@@ -653,6 +660,7 @@ Judge = Callable[[dict[str, RunResult]], list[Check]]
 #: How each scenario's runs are judged against its targets.
 JUDGES: dict[str, Judge] = {
     "little-100": lambda runs: [at_least("ratio to bound", runs["run"].ratio, 0.95)],
+    "ray": lambda runs: [at_least("ray / asyncio throughput", _share(runs["ray"], runs["asyncio"]), 0.8)],
     "little-1000": lambda runs: [at_least("ratio to bound", runs["run"].ratio, 0.90)],
     "faults": _judge_faults,
     "cpu": lambda runs: [at_most("client CPU us/request", runs["run"].cpu_us_per_request, 200)],
@@ -678,6 +686,11 @@ JUDGES: dict[str, Judge] = {
         at_most("peak RSS MB (1M)", runs["1M"].peak_rss_mb, 200, "281 MB"),
     ],
 }
+
+
+def _share(r: RunResult, base: RunResult) -> float:
+    """``r``'s throughput as a share of ``base``'s."""
+    return r.throughput_rps / base.throughput_rps if base.throughput_rps else 0.0
 
 
 def _judge(name: str, runs: dict[str, RunResult]) -> list[Check]:

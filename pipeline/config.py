@@ -268,9 +268,24 @@ def _path(value: Any) -> str:
 
 def _out_dir(value: Any) -> str:
     path = _path(value)
+    if "://" in path:  # an object store URL (s3://bucket/prefix): pipeline/objstore.py checks it
+        return path
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError("is an existing file, not a folder")
     return path
+
+
+#: Run engines: one asyncio process (the default) or Ray Data actors (pipeline/rayengine).
+ENGINES = ("asyncio", "ray")
+#: S3 refuses presigned URLs valid for longer than 7 days.
+MAX_PRESIGN_TTL = 7 * 24 * 3600
+
+
+def _presign_ttl(value: Any) -> float:
+    seconds: float = _seconds(zero_ok=False)(value)
+    if seconds > MAX_PRESIGN_TTL:
+        raise ValueError("S3 presigned URLs last at most 7 days (604800 s)")
+    return seconds
 
 
 def _choice(*options: str) -> Parser:
@@ -501,6 +516,12 @@ class JobConfig:
     head_timeout: float = 10.0
     head_concurrency: int = 32
     ignore_query: tuple[str, ...] = DEFAULT_IGNORE_QUERY  # query parameters reuse identity ignores
+    # scale-out and object storage (issue 13, pipeline/rayengine, pipeline/objstore.py, pipeline/presign.py)
+    engine: str = "asyncio"  # asyncio | ray
+    ray_address: str | None = None  # None: start a local Ray
+    ray_actors: int = 4  # sender actors; --concurrency, --rpm, --tpm are split between them
+    presign_ttl: float = 3600.0  # seconds an s3:// document's presigned URL stays valid
+    cache_dir: str | None = None  # local journal of s3:// outs; None: $DOCPIPE_CACHE_DIR or ~/.cache/docpipe
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -621,6 +642,11 @@ FIELD_PARSERS: dict[str, Parser] = {
     "head_timeout": _seconds(zero_ok=False),
     "head_concurrency": _integer(1, 10_000),
     "ignore_query": _names,
+    "engine": _choice(*ENGINES),
+    "ray_address": _optional(_text),
+    "ray_actors": _integer(1, 1024),
+    "presign_ttl": _presign_ttl,
+    "cache_dir": _optional(_path),
 }
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(JobConfig))
 #: Settings that say where the key is; at most one per source (job file, flags, arguments).
@@ -703,7 +729,10 @@ _JOB_SECTIONS: dict[str, dict[str, str]] = {
         "retry_failed": "retry_failed",
         "limit": "limit",
         "shard": "shard",
+        "engine": "engine",
     },
+    "ray": {"address": "ray_address", "actors": "ray_actors"},
+    "storage": {"presign_ttl": "presign_ttl", "cache_dir": "cache_dir"},
     "output": {"schema": "schema", "mode": "schema_mode", "schema_retries": "schema_retries"},
     # `reuse = [...]` at the top level is the short form of [reuse] from = [...]
     "reuse": {
@@ -716,7 +745,7 @@ _JOB_SECTIONS: dict[str, dict[str, str]] = {
     },
 }
 #: Paths a job file gives relative to its own folder.
-_JOB_PATHS = ("manifest", "out", "api_key_file", "schema")
+_JOB_PATHS = ("manifest", "out", "api_key_file", "schema", "cache_dir")
 
 
 def read_job_file(path: str | os.PathLike[str]) -> dict[str, Given]:
@@ -743,7 +772,7 @@ def read_job_file(path: str | os.PathLike[str]) -> dict[str, Given]:
             found[section[sub]] = Given(v, f"{p}: [{key}] {sub}", " = ")
     for name in _JOB_PATHS:
         given = found.get(name)
-        if given is not None and isinstance(given.value, str) and given.value.strip():
+        if given is not None and isinstance(given.value, str) and given.value.strip() and "://" not in given.value:
             found[name] = dataclasses.replace(given, value=str((p.parent / given.value).resolve()))
     reuse = found.get("reuse")  # a list of folders or globs, each relative to the job file
     if reuse is not None and isinstance(reuse.value, list):

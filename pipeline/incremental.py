@@ -45,7 +45,7 @@ class Gate:
     """See the module docstring. ``record`` journals an outcome and counts it; ``repeats``
     counts rows that rode on another row's outcome."""
 
-    def __init__(self, *, record: Callable[[Outcome], None], amend: Callable[[Outcome], None],
+    def __init__(self, *, record: Callable[[Outcome], None], amend: Callable[[Outcome], object],
                  repeats: Callable[[Status, int], None], stop: StopControl, heads: DocHeads | None,
                  index: ReuseIndex | None) -> None:  # fmt: skip
         from .dedupe import Dedupe

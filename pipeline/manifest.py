@@ -117,11 +117,7 @@ class Manifest:
         output = tuple(f"input_{n}" if n in RESERVED else n for n in passthrough)
         self.columns = Columns(url, question, ident, passthrough, output)
         self._template_fields = self._check_template(cfg.template, names)
-        hashed: list[Any] = [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE]
-        if cfg.schema is not None:  # a different answer schema is a different request (ids without one unchanged)
-            hashed.append(cfg.schema)
-        prefix = orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)
-        self._hash_prefix = prefix + b"\x1e"
+        self._hash_prefix = hash_prefix(cfg)
         self._ignore_query = ignored_names(cfg.ignore_query)
         self.num_rows = self._prepass()
         if self.num_rows == 0:
@@ -254,7 +250,7 @@ class Manifest:
         return self.cfg.template.format_map({k: "" if v is None else v for k, v in values.items()})
 
     def request_id_for(self, content: str) -> str:
-        return hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=16).hexdigest()
+        return request_id(self._hash_prefix, content)
 
     def reuse_key_for(self, url: str, content: str) -> int:
         """The request's identity for reuse (pipeline/reuse.py): the request_id's hash with the
@@ -337,6 +333,20 @@ class Manifest:
             yield out
 
 
+def hash_prefix(cfg: JobConfig) -> bytes:
+    """What a hashed request_id covers besides the message content: model, system
+    message, parameters, whether a template is used, the answer schema."""
+    hashed: list[Any] = [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE]
+    if cfg.schema is not None:  # a different answer schema is a different request (ids without one unchanged)
+        hashed.append(cfg.schema)
+    return orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS) + b"\x1e"
+
+
+def request_id(prefix: bytes, content: str) -> str:
+    """The hashed request_id of a message ``content`` under :func:`hash_prefix`."""
+    return hashlib.blake2b(prefix + content.encode("utf-8"), digest_size=16).hexdigest()
+
+
 def _as_text(col: pa.Array[Any] | pa.ChunkedArray[Any]) -> list[str]:
     if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
         col = col.cast(pa.string())
@@ -349,7 +359,11 @@ def _invalid(url: str, question: str) -> str | None:
         return "file_url is empty"
     if any(ch.isspace() for ch in u):
         return f"file_url contains a space: {u[:80]!r}"
-    if not u.lower().startswith(("http://", "https://")) or not urlsplit(u).netloc:
+    if u.lower().startswith("s3://"):  # a private document: presigned before each attempt (pipeline/presign.py)
+        parts = urlsplit(u)
+        if not parts.netloc or not parts.path.strip("/"):
+            return f"file_url is not an s3://bucket/key URL: {u[:80]!r}"
+    elif not u.lower().startswith(("http://", "https://")) or not urlsplit(u).netloc:
         return f"file_url is not an http(s) URL: {u[:80]!r}"
     if not question.strip():
         return "question is empty"

@@ -33,7 +33,6 @@ from typing import Any
 
 from .arrowutil import string_scalar
 from .budget import BudgetGuard, check_before_start, estimate_rows
-from .client import GatewayClient
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
@@ -43,6 +42,7 @@ from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .memory import release_memory
 from .pool import Pool
+from .presign import PresigningClient  # s3:// documents presigned per attempt; others untouched
 from .records import Outcome, RunSummary
 from .report import ProgressDisplay
 from .rundir import RunDir
@@ -118,7 +118,7 @@ class Run:
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
         with self._signal_handlers():
-            async with GatewayClient(cfg) as client, doc_heads(cfg) as heads, self._background():
+            async with PresigningClient(cfg) as client, doc_heads(cfg) as heads, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
                 gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
                             stop=self.stop, heads=heads, index=index)  # fmt: skip
@@ -135,21 +135,19 @@ class Run:
         return summary
 
     def _record(self, outcome: Outcome) -> None:
-        assert self.journal is not None
-        try:
-            self.journal.add(outcome)
-        except StorageError as e:
-            self.stop.request(str(e))
-            return
-        self.record.add(outcome)
+        if self._amend(outcome):
+            self.record.add(outcome)
 
-    def _amend(self, outcome: Outcome) -> None:
-        """Journal a second record of an outcome already counted (its document metadata came later)."""
+    def _amend(self, outcome: Outcome) -> bool:
+        """Journal an outcome (alone: a second record of one already counted, whose document
+        metadata came later); False when the journal could not take it and the run is stopping."""
         assert self.journal is not None
         try:
             self.journal.add(outcome)
         except StorageError as e:
             self.stop.request(str(e))
+            return False
+        return True
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""
@@ -211,16 +209,10 @@ class Run:
         """An error ended the run: say so in _run.json, with the exit code the process will have."""
         if self.journal is None:  # nothing was started: _run.json (if any) is the last run's
             return
-        if isinstance(e, UsageError):
-            code = ExitCode.USAGE
-        elif isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
-            code = ExitCode.ABORTED
-        else:
-            code = ExitCode.INTERNAL
         reason = self.stop.reason or f"{type(e).__name__}: {e}"
         with contextlib.suppress(Exception):
             self.journal.flush_sync()
-            self._write_info(self.record.crashed(reason, code, self.pacer.slots))
+            self._write_info(self.record.crashed(reason, _crash_code(e), self.pacer.slots))
 
     def _write_info(self, summary: RunSummary) -> None:
         try:
@@ -317,6 +309,15 @@ async def _import_finish(delay: float = 1.0) -> None:
     requests are out, so the end of the run does not wait for it (issue 10)."""
     await asyncio.sleep(delay)
     await asyncio.to_thread(importlib.import_module, "pipeline.compaction")
+
+
+def _crash_code(e: BaseException) -> ExitCode:
+    """The exit code the process will have for an error that ended the run."""
+    if isinstance(e, UsageError):
+        return ExitCode.USAGE
+    if isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
+        return ExitCode.ABORTED
+    return ExitCode.INTERNAL
 
 
 def _write_report(run_dir: RunDir) -> None:
@@ -416,6 +417,10 @@ def run(cfg: JobConfig | None = None, *, display: ProgressDisplay | None = None,
         cfg = cfg.replace(**settings)
     if display is None:
         display = make_progress(cfg.progress, cfg.progress_interval)
+    if cfg.engine != "asyncio" or "://" in f"{cfg.manifest}{cfg.out}":  # Ray, object storage: pipeline/staging.py
+        from .staging import dispatch
+
+        return dispatch(cfg, display=display, install_signals=install_signals)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -85,6 +85,10 @@ SETTINGS: list[tuple[str, tuple[str, str] | None, Any, Any, Any, str]] = [
     ("head_concurrency", ("reuse", "head_concurrency"), 8, 8, 0, "expected an integer from 1 to 10000"),
     ("ignore_query", ("reuse", "ignore_query"), ["sig", "exp"], ("sig", "exp"), [""],
      "expected a list of query parameter names"),
+    ("engine", ("run", "engine"), "ray", "ray", "spark", "expected one of asyncio, ray"),
+    ("ray_address", ("ray", "address"), "ray://head:10001", "ray://head:10001", "", "expected non-empty text"),
+    ("ray_actors", ("ray", "actors"), 8, 8, 0, "expected an integer from 1 to 1024"),
+    ("presign_ttl", ("storage", "presign_ttl"), "15m", 900.0, 700000, "at most 7 days"),
     # generation parameters: cfg.params
     ("temperature", ("request", "temperature"), 0, 0, 2.5, "expected a number from 0 to 2"),
     ("top_p", ("request", "top_p"), 0.9, 0.9, 1.5, "from 0 to 1"),
@@ -96,9 +100,9 @@ SETTINGS: list[tuple[str, tuple[str, str] | None, Any, Any, Any, str]] = [
     ("user", ("request", "user"), "nightly", "nightly", 5, "expected non-empty text"),
 ]
 # fmt: on
-# the paths (manifest, out, api_key_file) and params have tests of their own; schema in test_structured_spec.py
-# reuse (paths relative to the job file) in test_reuse.py
-COVERED = {s[0] for s in SETTINGS} | {"manifest", "out", "params", "schema", "reuse"}
+# the paths (manifest, out, api_key_file, cache_dir) and params have tests of their own; schema in
+# test_structured_spec.py; cache_dir in test_objstore.py; reuse (paths relative to the job file) in test_reuse.py
+COVERED = {s[0] for s in SETTINGS} | {"manifest", "out", "params", "schema", "cache_dir", "reuse"}
 IN_JOB_FILES = [s for s in SETTINGS if s[1] is not None]
 
 
