@@ -47,6 +47,7 @@ from ..pool import invalid_outcome
 from ..records import Outcome, RunSummary, Status
 from ..report import ProgressDisplay
 from ..runner import Run, _prior, _prior_counts, _run_loop
+from ..schema import JOURNAL_ONLY
 from .board import new_board
 from .dataset import block_rows, blocks, send
 from .shares import split
@@ -222,7 +223,8 @@ def _outcomes(batch: pa.Table) -> list[Outcome]:
     return out
 
 
-_OUTCOME_FIELDS = [f.name for f in dataclasses.fields(Outcome) if f.name not in ("request_id", "row_index")]
+# the actors' columns: reuse_key (journal only) is left out; the Ray engine does not take part in --reuse
+_OUTCOME_FIELDS = [f.name for f in dataclasses.fields(Outcome) if f.name not in ("request_id", *JOURNAL_ONLY)]
 
 
 def _outcome(r: dict[str, Any]) -> Outcome:
