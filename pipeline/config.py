@@ -537,6 +537,8 @@ class JobConfig:
         if self.reuse and not self.doc_meta:
             raise UsageError("reuse needs document metadata to tell an unchanged document: drop doc_meta=false "
                              "(--no-doc-meta) or reuse")  # fmt: skip
+        if self.reuse and self.engine == "ray":  # the Ray engine's actors neither HEAD documents nor copy forward
+            raise UsageError("reuse is not available with engine='ray' (--engine ray) yet: drop one of them")
 
     def for_run(self) -> JobConfig:
         """This config, after the checks only a run needs; raises UsageError.

@@ -105,6 +105,9 @@ def test_scenarios_are_the_issue_targets() -> None:
                               "faults-unkind", "random-429", "capacity", "startup", "memory-10k", "doc-meta",
                               "ray"}  # fmt: skip
     assert set(JUDGES) == set(SCENARIOS)
+    # issue 12: metadata on (the default) beside off, the on run shared with little-100
+    assert SCENARIOS["doc-meta"]["on"] is SCENARIOS["little-100"]["run"] and SCENARIOS["doc-meta"]["on"].doc_meta
+    assert not SCENARIOS["doc-meta"]["off"].doc_meta
     # memory, resume and compaction share one 1M run, measured once per invocation
     assert SCENARIOS["memory"]["1M"] is SCENARIOS["resume"]["1M"] is SCENARIOS["compaction"]["1M"]
     assert SCENARIOS["memory-10k"]["1M"] is SCENARIOS["memory"]["1M"]
