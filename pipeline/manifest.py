@@ -39,10 +39,13 @@ import pyarrow.parquet as pq
 from .arrowutil import int_scalar, numeric, string_scalar, strings
 from .config import DEFAULT_TEMPLATE, JobConfig
 from .errors import ManifestError
+from .forms import Form, parse_form
 from .idset import IdIndex, hash_ids
 from .records import Row
 from .schema import RESERVED_NAMES
 
+FORM_ALIASES = ("form",)
+MODEL_ALIASES = ("model",)
 URL_ALIASES = ("file_url", "url", "file")
 QUESTION_ALIASES = ("question", "prompt")
 ID_ALIASES = ("id",)
@@ -87,6 +90,8 @@ class Columns:
     id: str | None
     passthrough: tuple[str, ...]  # manifest names, in manifest order
     output_names: tuple[str, ...]  # what each passthrough column is called in the results
+    form: str | None = None  # a row's message form (pipeline/forms.py); also passed through
+    model: str | None = None  # a row's model (pipeline/models.py); also passed through (as input_model)
 
 
 class Manifest:
@@ -114,7 +119,9 @@ class Manifest:
         ident = _pick(names, cfg.id_column, ID_ALIASES, "id", self.path)
         passthrough = tuple(n for n in names if n not in (url, question))
         output = tuple(f"input_{n}" if n in RESERVED else n for n in passthrough)
-        self.columns = Columns(url, question, ident, passthrough, output)
+        form = _pick(names, cfg.form_column, FORM_ALIASES, "form", self.path)
+        model = _pick(names, cfg.model_column, MODEL_ALIASES, "model", self.path)
+        self.columns = Columns(url, question, ident, passthrough, output, form, model)
         self._template_fields = self._check_template(cfg.template, names)
         hashed: list[Any] = [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE]
         if cfg.schema is not None:  # a different answer schema is a different request (ids without one unchanged)
@@ -254,6 +261,40 @@ class Manifest:
     def request_id_for(self, content: str) -> str:
         return hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=16).hexdigest()
 
+    def _routes(self, batch: pa.RecordBatch) -> tuple[list[str], list[str | None]]:
+        """Each row's form (as given: "auto" stays, a bad cell stays as written) and model
+        (None: the run's), from the form and model columns when the manifest has them."""
+        c, cfg = self.columns, self.cfg
+        forms = [cfg.form] * batch.num_rows
+        if c.form is not None:
+            forms = [f.strip().lower() or cfg.form for f in _as_text(batch.column(c.form))]
+        models: list[str | None] = [None] * batch.num_rows
+        if c.model is not None:
+            models = [m.strip() or None for m in _as_text(batch.column(c.model))]
+            models = [None if m == cfg.model else m for m in models]
+        return forms, models
+
+    def _identity(self, content: str, form: str, model: str | None) -> str:
+        """What request_id hashes besides the prefix: the content, plus the form and the
+        row's model when they are not today's inline text to the run's model (so ids
+        of such rows are unchanged)."""
+        if form == "inline" and model is None:
+            return content
+        return content + "\x1f" + orjson.dumps([form, model, self.cfg.embed]).decode()
+
+    def models(self) -> set[str]:
+        """Every model a row of this manifest names (the model column's distinct values)."""
+        c = self.columns
+        if c.model is None:
+            return set()
+        import pyarrow.compute as pc  # only with a model column
+
+        found: set[str] = set()
+        for batch in self._raw_batches([c.model] if self.format == "parquet" else None):
+            values = pc.unique(batch.column(c.model).cast(pa.string())).to_pylist()
+            found.update(v.strip() for v in values if v is not None and v.strip())
+        return found
+
     def views(self) -> Iterator[tuple[pa.RecordBatch, pa.Array[Any], list[str]]]:
         """Yield (batch, request_ids, contents) for every manifest row in scope
         (after --shard and --limit), in manifest order."""
@@ -276,7 +317,14 @@ class Manifest:
                 self._content(u.strip(), q, extra[i] if extra is not None else None)
                 for i, (u, q) in enumerate(zip(urls, questions, strict=True))
             ]
-            ids = batch.column(c.id).cast(pa.string()) if c.id else strings([self.request_id_for(x) for x in contents])
+            if c.id:
+                ids = batch.column(c.id).cast(pa.string())
+            elif c.form is None and c.model is None and self.cfg.form == "inline":
+                ids = strings([self.request_id_for(x) for x in contents])
+            else:
+                forms, models = self._routes(batch)
+                ids = strings([self.request_id_for(self._identity(x, f, m))
+                               for x, f, m in zip(contents, forms, models, strict=True)])  # fmt: skip
             indices = numeric(np.arange(index, index + batch.num_rows, dtype=np.int64))
             index += batch.num_rows
             batch = batch.append_column("__row_index", indices)
@@ -308,6 +356,7 @@ class Manifest:
             urls = _as_text(batch.column(c.file_url))
             questions = _as_text(batch.column(c.question))
             row_index = batch.column("__row_index").to_pylist()
+            forms, models = self._routes(batch)
             out = []
             for i in positions:
                 url, q = urls[i], questions[i]
@@ -318,7 +367,9 @@ class Manifest:
                         file_url=url,
                         question=q,
                         content=contents[i],
-                        invalid=_invalid(url, q),
+                        invalid=_invalid(url, q) or _invalid_form(forms[i]),
+                        model=models[i],
+                        form=forms[i],
                     )
                 )
             yield out
@@ -340,6 +391,12 @@ def _invalid(url: str, question: str) -> str | None:
         return f"file_url is not an http(s) URL: {u[:80]!r}"
     if not question.strip():
         return "question is empty"
+    return None
+
+
+def _invalid_form(form: str) -> str | None:
+    if parse_form(form) is None:
+        return f"form {form[:40]!r} is not one of {', '.join(f.value for f in Form)}"
     return None
 
 

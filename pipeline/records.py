@@ -33,6 +33,20 @@ class Row:
     question: str
     content: str  # the user message as it will be sent (template applied)
     invalid: str | None = None  # why the row cannot be sent, if it cannot
+    # issue 15 (pipeline/forms.py, models.py, embed.py)
+    model: str | None = None  # the model to ask; None: the run's model
+    form: str = "inline"  # inline | image_url | file | auto: how the document is sent
+    document: Document | None = None  # the fetched bytes (--embed), only while the row is in flight
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A document docpipe fetched itself (``--embed``), ready to send as a ``data:`` URL."""
+
+    data_url: str  # data:<content type>;base64,<bytes>
+    filename: str
+    content_type: str
+    size: int  # bytes fetched
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,8 @@ class Outcome:
     response_id: str | None
     gateway_request_id: str | None
     cost_usd: float | None
+    model: str | None = None  # the model that answered (or was asked last); None: the run's model
+    models_tried: tuple[str, ...] | None = None  # in order, ending with ``model`` (fallbacks)
 
 
 @dataclass(frozen=True)
@@ -169,4 +185,5 @@ def make_outcome(
         response_id=c.response_id if c else None,
         gateway_request_id=c.gateway_request_id if c else (f.gateway_request_id if f else None),
         cost_usd=cost,
+        model=row.model,
     )

@@ -35,11 +35,13 @@ from .budget import BudgetGuard, check_before_start, estimate_rows
 from .client import GatewayClient
 from .config import JobConfig, seconds_until
 from .control import StopControl
+from .embed import DocumentFetcher
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
 from .journal import JournalWriter
 from .limits import Breaker, Pacer
 from .manifest import Manifest
 from .memory import release_memory
+from .models import ModelRouter
 from .pool import Pool
 from .records import Outcome, RunSummary
 from .report import ProgressDisplay
@@ -79,6 +81,8 @@ class Run:
         )
         self.journal: JournalWriter | None = None  # opened once the folder's lock is held
         self.asker = asker_for(cfg)  # structured answers: the schema's columns, checks and the run's mode
+        self.models = ModelRouter(cfg, self.pacer.breaker)  # per-model state; the manifest's models join at start
+        self.fetcher = DocumentFetcher(cfg)  # --embed
         self._signals = 0
 
     # -- the run -----------------------------------------------------------------
@@ -100,6 +104,7 @@ class Run:
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
+        self.models = ModelRouter(cfg, self.pacer.breaker, await asyncio.to_thread(manifest.models))
         prior, reused, skip_prior = _prior(self.run_dir, manifest, cfg, self.asker)
         skip = self.run_dir.skip_index(cfg.retry_failed, skip_prior)
         prior_counts = _prior_counts(prior, cfg.retry_failed)
@@ -117,8 +122,9 @@ class Run:
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
         with self._signal_handlers():
-            async with GatewayClient(cfg) as client, self._background():
-                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
+            async with GatewayClient(cfg) as client, self.fetcher, self._background():
+                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker,
+                                   models=self.models, fetcher=self.fetcher)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
                 producer_error = await pool.run()
@@ -212,6 +218,7 @@ class Run:
             info = self.record.info(summary)
             if self.asker is not None:
                 info.update(self.asker.mode.info())
+            info.update(self.models.info(), **self.fetcher.info())
             self.run_dir.write_run_info(info)
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)

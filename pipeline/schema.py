@@ -45,6 +45,8 @@ _JOURNAL_FIELDS: list[pa.Field[Any]] = [
     pa.field("gateway_request_id", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("cost_usd", pa.float64()),
+    # fallbacks (pipeline/models.py): the models a row was asked of, in order, ending with `model`
+    pa.field("models_tried", pa.list_(pa.string())),
 ]
 JOURNAL_SCHEMA = pa.schema(_JOURNAL_FIELDS)
 
