@@ -331,15 +331,18 @@ def demo(out: str, latency: float, fault_rate: float) -> None:
 @click.option("--api-key", default=None, help="Accept only this key (401 otherwise).")
 @click.option("--quota-requests", type=int, default=None, help="Quota exhausted after N answers.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-channel-model", "no_channel_models", multiple=True, metavar="MODEL",
+              help="Answer 503 no-channel for this model (repeatable); other models answer.")  # fmt: skip
 def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: float, fault_kinds: str | None,
              retry_after: float | None, rpm: int | None, capacity: int | None, api_key: str | None,
-             quota_requests: int | None, seed: int) -> None:  # fmt: skip
+             quota_requests: int | None, seed: int, no_channel_models: tuple[str, ...]) -> None:  # fmt: skip
     """Serve the simulated gateway (an OpenAI-compatible fake) until interrupted.
 
     \b
     Example:
       docpipe simulate --port 8088 --latency 1 --fault-rate 0.1 &
       docpipe run pipeline/sample_inputs/reports.csv --out out/sim --base-url http://127.0.0.1:8088/v1
+      docpipe simulate --no-channel-model gpt-4o-all   # then: docpipe run ... --fallback-model gpt-4-all
     """
     import asyncio
 
@@ -347,7 +350,8 @@ def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: fl
 
     kw: dict[str, Any] = dict(latency_s=latency, latency_jitter=jitter, fault_rate=fault_rate,
                               retry_after_s=retry_after, rpm=rpm, capacity=capacity, api_key=api_key,
-                              quota_requests=quota_requests, seed=seed)  # fmt: skip
+                              quota_requests=quota_requests, seed=seed,
+                              no_channel_models=no_channel_models)  # fmt: skip
     if fault_kinds:
         kw["fault_kinds"] = tuple(k.strip() for k in fault_kinds.split(",") if k.strip())
     config = SimConfig(**kw)

@@ -77,8 +77,9 @@ def body(call: Call) -> web.StreamResponse | None:
 
 
 def model(call: Call) -> web.StreamResponse | None:
-    """503 "无可用渠道" when the model is not served for this key's group (``no_channel``)."""
-    if call.config.no_channel:
+    """503 "无可用渠道" when the model is not served for this key's group (``no_channel``, or the
+    model is one of ``no_channel_models``)."""
+    if call.config.no_channel or call.model in call.config.no_channel_models:
         call.state.count("no_channel")
         return r.no_channel(call.model)
     return None

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from . import files
 from . import handlers as h
 from .chat import chat
 from .config import SimConfig
@@ -50,6 +51,7 @@ def make_app(config: SimConfig) -> web.Application:
     add.add_post("/_sim/config", h.sim_config_post)
     add.add_post("/_sim/reset", h.sim_reset)
     add.add_get("/_sim/bodies", h.sim_bodies)
+    files.add_routes(app)  # documents to fetch (--embed)
     return app
 
 
