@@ -118,8 +118,8 @@ class DocumentFetcher:
         return document(url, bytes(data), ctype)
 
     def _too_large(self, url: str, size: int | None) -> RowFatalError:
-        said = f"{size} bytes" if size is not None else "more bytes"
-        return RowFatalError(f"document too large to embed: {said} than --embed-max-bytes {self.limit} "
+        said = f"{size} bytes" if size is not None else "more bytes than that"
+        return RowFatalError(f"document too large to embed: --embed-max-bytes is {self.limit}, it has {said} "
                              f"({self._shown(url)})", error_type="invalid_input")  # fmt: skip
 
     def _shown(self, text: str) -> str:
