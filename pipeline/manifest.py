@@ -261,39 +261,12 @@ class Manifest:
     def request_id_for(self, content: str) -> str:
         return hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=16).hexdigest()
 
-    def _routes(self, batch: pa.RecordBatch) -> tuple[list[str], list[str | None]]:
-        """Each row's form (as given: "auto" stays, a bad cell stays as written) and model
-        (None: the run's), from the form and model columns when the manifest has them."""
-        c, cfg = self.columns, self.cfg
-        forms = [cfg.form] * batch.num_rows
-        if c.form is not None:
-            forms = [f.strip().lower() or cfg.form for f in _as_text(batch.column(c.form))]
-        models: list[str | None] = [None] * batch.num_rows
-        if c.model is not None:
-            models = [m.strip() or None for m in _as_text(batch.column(c.model))]
-            models = [None if m == cfg.model else m for m in models]
-        return forms, models
-
-    def _identity(self, content: str, form: str, model: str | None) -> str:
-        """What request_id hashes besides the prefix: the content, plus the form and the
-        row's model when they are not today's inline text to the run's model (so ids
-        of such rows are unchanged)."""
-        if form == "inline" and model is None:
-            return content
-        return content + "\x1f" + orjson.dumps([form, model, self.cfg.embed]).decode()
-
     def models(self) -> set[str]:
         """Every model a row of this manifest names (the model column's distinct values)."""
         c = self.columns
         if c.model is None:
             return set()
-        import pyarrow.compute as pc  # only with a model column
-
-        found: set[str] = set()
-        for batch in self._raw_batches([c.model] if self.format == "parquet" else None):
-            values = pc.unique(batch.column(c.model).cast(pa.string())).to_pylist()
-            found.update(v.strip() for v in values if v is not None and v.strip())
-        return found
+        return _distinct(self._raw_batches([c.model] if self.format == "parquet" else None), c.model)
 
     def views(self) -> Iterator[tuple[pa.RecordBatch, pa.Array[Any], list[str]]]:
         """Yield (batch, request_ids, contents) for every manifest row in scope
@@ -317,14 +290,7 @@ class Manifest:
                 self._content(u.strip(), q, extra[i] if extra is not None else None)
                 for i, (u, q) in enumerate(zip(urls, questions, strict=True))
             ]
-            if c.id:
-                ids = batch.column(c.id).cast(pa.string())
-            elif c.form is None and c.model is None and self.cfg.form == "inline":
-                ids = strings([self.request_id_for(x) for x in contents])
-            else:
-                forms, models = self._routes(batch)
-                ids = strings([self.request_id_for(self._identity(x, f, m))
-                               for x, f, m in zip(contents, forms, models, strict=True)])  # fmt: skip
+            ids = batch.column(c.id).cast(pa.string()) if c.id else _hashed_ids(self, batch, contents)
             indices = numeric(np.arange(index, index + batch.num_rows, dtype=np.int64))
             index += batch.num_rows
             batch = batch.append_column("__row_index", indices)
@@ -356,7 +322,7 @@ class Manifest:
             urls = _as_text(batch.column(c.file_url))
             questions = _as_text(batch.column(c.question))
             row_index = batch.column("__row_index").to_pylist()
-            forms, models = self._routes(batch)
+            forms, models = _routes(batch, c, self.cfg)
             out = []
             for i in positions:
                 url, q = urls[i], questions[i]
@@ -392,6 +358,48 @@ def _invalid(url: str, question: str) -> str | None:
     if not question.strip():
         return "question is empty"
     return None
+
+
+def _routes(batch: pa.RecordBatch, c: Columns, cfg: JobConfig) -> tuple[list[str], list[str | None]]:
+    """Each row's form (as given: "auto" stays, a bad cell stays as written) and model
+    (None: the run's), from the form and model columns when the manifest has them."""
+    forms = [cfg.form] * batch.num_rows
+    if c.form is not None:
+        forms = [f.strip().lower() or cfg.form for f in _as_text(batch.column(c.form))]
+    models: list[str | None] = [None] * batch.num_rows
+    if c.model is not None:
+        models = [
+            None if not m.strip() or m.strip() == cfg.model else m.strip() for m in _as_text(batch.column(c.model))
+        ]
+    return forms, models
+
+
+def _hashed_ids(m: Manifest, batch: pa.RecordBatch, contents: list[str]) -> pa.Array[Any]:
+    """The request_ids of a batch of a manifest without an id column."""
+    c, cfg = m.columns, m.cfg
+    if c.form is None and c.model is None and cfg.form == "inline":
+        return strings([m.request_id_for(x) for x in contents])
+    forms, models = _routes(batch, c, cfg)
+    return strings([m.request_id_for(_identity(x, f, model, cfg.embed))
+                    for x, f, model in zip(contents, forms, models, strict=True)])  # fmt: skip
+
+
+def _identity(content: str, form: str, model: str | None, embed: bool) -> str:
+    """What request_id hashes besides the prefix: the content, plus the form and the row's
+    model when they are not today's inline text to the run's model (so those ids are unchanged)."""
+    if form == "inline" and model is None:
+        return content
+    return content + "\x1f" + orjson.dumps([form, model, embed]).decode()
+
+
+def _distinct(batches: Iterator[pa.RecordBatch], column: str) -> set[str]:
+    import pyarrow.compute as pc  # only with a model column
+
+    found: set[str] = set()
+    for batch in batches:
+        values = pc.unique(batch.column(column).cast(pa.string())).to_pylist()
+        found.update(v.strip() for v in values if v is not None and v.strip())
+    return found
 
 
 def _invalid_form(form: str) -> str | None:

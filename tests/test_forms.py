@@ -45,15 +45,18 @@ def _user_contents(server: Any) -> dict[str, Any]:
 def test_each_form_sends_the_documented_body(tmp_path: Path, sim) -> None:
     server = sim(record_bodies=True)
     manifest = write_csv(tmp_path / "m.csv", _rows([PNG, PDF]))
+
+    def parts(i: int, part: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"type": "text", "text": f"What is on page {i}?"}, part]
+
     expected = {
         "inline": [f"{PNG} What is on page 0?", f"{PDF} What is on page 1?"],
-        "image_url": [[{"type": "text", "text": "What is on page 0?"}, {"type": "image_url", "image_url": {"url": PNG}}],
-                      [{"type": "text", "text": "What is on page 1?"}, {"type": "image_url", "image_url": {"url": PDF}}]],
-        "file": [[{"type": "text", "text": "What is on page 0?"}, {"type": "file", "file": {"file_url": PNG}}],
-                 [{"type": "text", "text": "What is on page 1?"}, {"type": "file", "file": {"file_url": PDF}}]],
+        "image_url": [parts(0, {"type": "image_url", "image_url": {"url": PNG}}),
+                      parts(1, {"type": "image_url", "image_url": {"url": PDF}})],
+        "file": [parts(0, {"type": "file", "file": {"file_url": PNG}}),
+                 parts(1, {"type": "file", "file": {"file_url": PDF}})],
         # auto: an image extension (any case) -> image_url, a PDF -> today's inline text
-        "auto": [[{"type": "text", "text": "What is on page 0?"}, {"type": "image_url", "image_url": {"url": PNG}}],
-                 f"{PDF} What is on page 1?"],
+        "auto": [parts(0, {"type": "image_url", "image_url": {"url": PNG}}), f"{PDF} What is on page 1?"],
     }  # fmt: skip
     for form, contents in expected.items():
         server.reset()
