@@ -333,15 +333,33 @@ def demo(out: str, latency: float, fault_rate: float) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-channel-model", "no_channel_models", multiple=True, metavar="MODEL",
               help="Answer 503 no-channel for this model (repeatable); other models answer.")  # fmt: skip
+@click.option("--response-format", "response_format", type=click.Choice(["accept", "reject", "ignore"]),
+              default="accept", show_default=True,
+              help="What the gateway does with response_format: use it, reject it (400 naming it), "
+                   "or ignore it (answer prose).")  # fmt: skip
+@click.option("--schema-fault-rate", type=float, default=0.0, show_default=True,
+              help="Share of first structured answers given a schema fault.")  # fmt: skip
+@click.option(
+    "--schema-fault-kinds",
+    default=None,
+    help="Comma-separated schema faults: prose, fenced, sentence, violating, truncated (default: all).",
+)
 def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: float, fault_kinds: str | None,
              retry_after: float | None, rpm: int | None, capacity: int | None, api_key: str | None,
-             quota_requests: int | None, seed: int, no_channel_models: tuple[str, ...]) -> None:  # fmt: skip
+             quota_requests: int | None, seed: int, response_format: str, schema_fault_rate: float,
+             schema_fault_kinds: str | None, no_channel_models: tuple[str, ...]) -> None:  # fmt: skip
     """Serve the simulated gateway (an OpenAI-compatible fake) until interrupted.
 
+    Structured answers (a request with response_format, or a schema in its system
+    message) are JSON shaped by the schema; --schema-fault-rate spoils first answers
+    in the --schema-fault-kinds ways, --response-format reject|ignore plays a channel
+    that refuses or ignores response_format.
+
     \b
-    Example:
+    Examples:
       docpipe simulate --port 8088 --latency 1 --fault-rate 0.1 &
       docpipe run pipeline/sample_inputs/reports.csv --out out/sim --base-url http://127.0.0.1:8088/v1
+      docpipe simulate --response-format reject --schema-fault-rate 0.2 --schema-fault-kinds prose,truncated
       docpipe simulate --no-channel-model gpt-4o-all   # then: docpipe run ... --fallback-model gpt-4-all
     """
     import asyncio
@@ -350,11 +368,16 @@ def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: fl
 
     kw: dict[str, Any] = dict(latency_s=latency, latency_jitter=jitter, fault_rate=fault_rate,
                               retry_after_s=retry_after, rpm=rpm, capacity=capacity, api_key=api_key,
-                              quota_requests=quota_requests, seed=seed,
-                              no_channel_models=no_channel_models)  # fmt: skip
+                              quota_requests=quota_requests, seed=seed, response_format=response_format,
+                              schema_fault_rate=schema_fault_rate, no_channel_models=no_channel_models)  # fmt: skip
     if fault_kinds:
         kw["fault_kinds"] = tuple(k.strip() for k in fault_kinds.split(",") if k.strip())
-    config = SimConfig(**kw)
+    if schema_fault_kinds:
+        kw["schema_fault_kinds"] = tuple(k.strip() for k in schema_fault_kinds.split(",") if k.strip())
+    try:
+        config = SimConfig(**kw)
+    except ValueError as e:  # one line, exit 2, as for every other bad flag
+        raise click.UsageError(f"simulate: {e}") from None
 
     def ready(bound: int) -> None:
         click.echo(f"simulator listening on http://{host}:{bound}/v1", err=False)

@@ -435,8 +435,11 @@ _SECRET = frozenset({"api_key"})
 
 def _bad(where: str, sep: str, name: str, value: Any, why: str) -> UsageError:
     shown = "(hidden)" if name in _SECRET else repr(value)
-    if len(shown) > 80:  # an inline schema: the message names the path inside it instead
-        shown = shown[:76] + "...}" if shown.startswith("{") else shown[:79] + "…"
+    # a path or URL is shown whole (the user must find it); only a long inline value is cut,
+    # e.g. an inline schema, whose message names the path inside it instead
+    limit = 300 if isinstance(value, str) else 80
+    if len(shown) > limit:
+        shown = shown[: limit - 4] + "...}" if shown.startswith("{") else shown[: limit - 1] + "…"
     return UsageError(f"{where}{sep}{shown}: {why}")
 
 

@@ -5,8 +5,8 @@ slow queue gets to them). Decisions:
 
 - **When.** A row is fetched when a worker takes it, just before its first request, and
   its bytes are dropped with its outcome: memory holds the documents of the rows in
-  flight only (at most ``concurrency`` of them, each at most ``embed_max_bytes``, plus
-  their base64 text), however long the manifest. A row whose form is ``inline`` (a
+  flight only (the pool's workers, twice ``concurrency`` at most, each document at most
+  ``embed_max_bytes`` plus its base64 text), however long the manifest. A row whose form is ``inline`` (a
   manifest ``form`` cell) is not fetched.
 - **How many at once.** At most :data:`MAX_FETCHES` (or ``concurrency`` when lower)
   downloads run at the same time: document hosts are not the gateway, and a burst of

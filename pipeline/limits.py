@@ -51,7 +51,9 @@ tells them apart by experiment, not by guess:
   increase), so the limit keeps probing upwards.
 
 Retry-After: a 429 that carries one delays its own row (the retry policy waits
-for it), not the pool. The whole pool pauses (:class:`PauseGate`) only when such
+for it), not the pool, nor a worker: the row waits in :meth:`pipeline.pool.Pool.rest`,
+which gives its seat to the next row meanwhile (so do back-offs), and only
+attempts on the wire hold the slots of :class:`AdaptiveLimit`. The whole pool pauses (:class:`PauseGate`) only when such
 429s cluster (:class:`RetryAfterCluster`): an exponentially weighted count
 (tau = 2 s) of at least 2.5 of them, e.g. three within half a second or four
 within two seconds, making up at least half of the answers of that time. That

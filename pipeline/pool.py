@@ -1,11 +1,22 @@
 """The worker pool: a producer streams manifest rows into a bounded queue, workers send them.
 
-``concurrency`` workers each take a row, hand it to the row sender and pass its
-outcome to ``record`` (the journal and the run's counters). Rows that cannot be
-sent (``Row.invalid``) are recorded by the producer without a request. A stop
-ends dispatch at once: the producer is cancelled, the queue drained, and
-in-flight requests get ``grace_period`` seconds to finish before they are
-abandoned (their rows stay pending).
+Workers take a row, hand it to the row sender and pass its outcome to ``record``
+(the journal and the run's counters). Rows that cannot be sent (``Row.invalid``)
+are recorded by the producer without a request.
+
+Seats: ``concurrency`` rows are worked on at a time (sent, or waiting for a slot
+or a rate limit). A row that waits out a back-off or its own ``Retry-After``
+(:meth:`Pool.rest`, which the row sender sleeps in) gives its seat to the next
+row meanwhile and takes it back when the wait is over, so a handful of 429s
+idles no worker: with 5 % random 429s at C=100 about 20 rows rest at any time,
+and held their workers before. There are ``concurrency`` more workers than seats
+for the resting rows, which bounds the rows in progress at twice the
+concurrency; the requests in flight stay bounded by the pacer's slots (see
+:mod:`pipeline.limits`), which only an attempt on the wire holds.
+
+A stop ends dispatch at once: the producer is cancelled, the queue drained,
+resting rows wake and stay pending, and in-flight requests get ``grace_period``
+seconds to finish before they are abandoned (their rows stay pending).
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -51,13 +63,17 @@ class Pool:
         self.stop = stop
         self.concurrency = concurrency
         self.grace_period = grace_period
+        self.workers = 2 * concurrency  # a seat each, plus one per row that may rest meanwhile
         self.queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=2 * concurrency)
+        self.seated = 0  # rows holding a seat (in progress and not resting)
+        self.resting = 0  # rows waiting out a back-off or Retry-After, seat given up
+        self._seat_waiters: deque[asyncio.Future[None]] = deque()
 
     async def run(self) -> BaseException | None:
         """Run until every row is answered or the run stops; returns the producer's error, if any
         (everything answered is kept either way; the caller reports it after the summary)."""
         producer = asyncio.create_task(self._produce())
-        workers = [asyncio.create_task(self._work()) for _ in range(self.concurrency)]
+        workers = [asyncio.create_task(self._work()) for _ in range(self.workers)]
         all_done = asyncio.gather(*workers)
         stop_waiter = asyncio.create_task(self.stop.wait())
         first_of: list[asyncio.Future[Any]] = [all_done, stop_waiter]
@@ -76,6 +92,23 @@ class Pool:
         if producer.cancelled():
             return None
         return producer.exception()
+
+    async def rest(self, seconds: float) -> None:
+        """A seated row's back-off: its seat goes to the next row until the wait is over.
+
+        A stop cuts it short (the row then stays pending). The row takes its seat back
+        without queueing for it, so the pool may be over its seats for a moment; no new
+        row is seated until it is under them again."""
+        if seconds <= 0:
+            return
+        self.seated -= 1
+        self.resting += 1
+        self._wake()
+        try:
+            await self.stop.sleep(seconds)
+        finally:
+            self.resting -= 1
+            self.seated += 1
 
     async def _grace(self, workers: list[asyncio.Task[None]]) -> None:
         _, still = await asyncio.wait(workers, timeout=self.grace_period)
@@ -101,17 +134,44 @@ class Pool:
             # workers wait on the queue: without a stop they would wait for ever
             self.stop.request(f"reading the manifest failed: {e}")
             raise
-        for _ in range(self.concurrency):
+        for _ in range(self.workers):
             await self.queue.put(None)
 
     async def _work(self) -> None:
-        while True:
-            row = await self.queue.get()
-            if row is None or self.stop.is_set:
-                return
-            outcome = await self.send(row)
+        while await self._take_seat():
+            try:
+                row = await self.queue.get()
+                if row is None or self.stop.is_set:
+                    return
+                outcome = await self.send(row)
+            finally:
+                self.seated -= 1
+                self._wake()
             if outcome is not None:
                 self.record(outcome)
+
+    async def _take_seat(self) -> bool:
+        """Wait for a free seat (first come, first served); False when the run stops meanwhile."""
+        while self.seated >= self.concurrency and not self.stop.is_set:
+            fut = asyncio.get_running_loop().create_future()
+            self._seat_waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._seat_waiters:
+                    self._seat_waiters.remove(fut)
+        if self.stop.is_set:
+            return False
+        self.seated += 1
+        return True
+
+    def _wake(self) -> None:
+        free = self.concurrency - self.seated
+        while self._seat_waiters and (free > 0 or self.stop.is_set):
+            fut = self._seat_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
 
     def _drain(self) -> None:
         """Empty the queue and wake every idle worker with an end marker."""
@@ -120,7 +180,8 @@ class Pool:
                 self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
-        for _ in range(self.concurrency):
+        self._wake()  # workers waiting for a seat see the stop
+        for _ in range(self.workers):
             try:
                 self.queue.put_nowait(None)
             except asyncio.QueueFull:

@@ -46,7 +46,7 @@ from .errors import (
     UnreadableDocument,
 )
 from .fallback import answer_row
-from .limits import Pacer
+from .limits import Pacer, Sleep
 from .models import ModelRouter
 from .records import Completion, Failure, Outcome, Row, make_outcome
 from .retry import retrying, should_retry, wait_for
@@ -122,6 +122,9 @@ class RowSender:
         self.fetcher = fetcher  # --embed: the document's bytes (pipeline/embed.py)
         self._unreachable_streak = 0
         self._gateway_answered = False  # any HTTP response at all, this run
+        # where a row waits out its back-off or Retry-After: the pool's rest lends its seat to
+        # the next row meanwhile (pipeline/pool.py); a stop cuts either short
+        self.rest: Sleep = stop.sleep
 
     async def send(self, row: Row) -> Outcome | None:
         """Answer ``row`` (its model, then its fallbacks): its Outcome, or None when the run
@@ -176,7 +179,7 @@ class RowSender:
             wait = wait_for(first, 1, self.cfg.backoff_initial, self.cfg.backoff_max)
             if time.monotonic() + wait > deadline:
                 raise
-            await self.stop.sleep(wait)
+            await self.rest(wait)
             if self.stop.is_set:
                 raise
         controller = retrying(
@@ -186,7 +189,7 @@ class RowSender:
             maximum=self.cfg.backoff_max,
             retry=lambda e: self._retry_on(row, tries, e),
             stop_now=lambda: self.stop.is_set,
-            sleep=self.stop.sleep,
+            sleep=self.rest,
             attempts_before=1,
         )
         async for try_ in controller:

@@ -102,20 +102,21 @@ def test_the_library_refuses_a_run_without_a_key_as_the_cli_does(tmp_path: Path)
 
 
 def test_the_run_path_never_imports_pandas(tmp_path: Path, sim) -> None:
-    # pa.array()/pa.scalar()/read_table() import pandas (+45 MB) behind our back; the run builds
-    # its arrays from buffers instead (pipeline/arrowutil.py). The report, drawn after the run, is
-    # switched off here: it is an analyst-facing edge.
+    # pa.array()/pa.scalar()/read_table()/to_numpy() import pandas (+45 MB) behind our back; the
+    # run builds its arrays from buffers instead (pipeline/arrowutil.py), and so does the report
+    # every run ends with (pipeline/htmlreport/arrow.py).
     server = sim()
     manifest = write_csv(tmp_path / "m.csv", make_rows(30))
     code = f"""
 import sys
 import pipeline.runner as runner
-runner.AUTO_REPORT_ROWS = 0
 s = runner.run(manifest={str(manifest)!r}, out={str(tmp_path / "out")!r}, base_url={server.url!r},
                api_key={TEST_KEY!r}, progress="none")
 again = runner.run(manifest={str(manifest)!r}, out={str(tmp_path / "out")!r}, base_url={server.url!r},
                    api_key={TEST_KEY!r}, progress="none", retry_failed=True)
 assert (s.ok, again.ok) == (30, 30), (s, again)
+import pathlib
+assert (pathlib.Path({str(tmp_path / "out")!r}) / "_report.html").exists()
 print("pandas" in sys.modules)
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -977,3 +977,42 @@ def test_serve_coroutine() -> None:
             await task
 
     run(go())
+
+
+def test_simulate_command_serves_the_schema_faults_its_flags_name() -> None:
+    """`docpipe simulate` flags: response_format rejected with a 400, first structured answers
+    spoiled (here: fenced), and a bad kind refused in one line with exit 2."""
+    from pipeline.simulator.structured import structured_answer_for
+    from pipeline.structured.extract import find_json
+
+    from .conftest import cli, spawn
+
+    bad = cli("simulate", "--port", "0", "--schema-fault-rate", "0.5", "--schema-fault-kinds", "prose,bogus")
+    assert bad.returncode == 2 and "schema_fault_kinds" in bad.stderr and "bogus" in bad.stderr, bad.stderr
+    proc = spawn("simulate", "--port", "0", "--latency", "0.01", "--jitter", "0", "--response-format", "reject",
+                 "--schema-fault-rate", "1", "--schema-fault-kinds", "fenced")  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split()[-1]
+        schema = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
+        fmt = {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": schema}}
+        status, _, raw = run(post(url, chat_body("invoice 7", response_format=fmt)))
+        assert status == 400 and b"response_format" in raw
+        system = {
+            "role": "system",
+            "content": "Answer with JSON valid against this JSON Schema:\n" + orjson.dumps(schema).decode(),
+        }
+        body = {"model": MODEL, "messages": [system, {"role": "user", "content": "invoice 7"}]}
+        status, _, raw = run(post(url, body))
+        assert status == 200, raw
+        text = orjson.loads(raw)["choices"][0]["message"]["content"]
+        assert "```" in text and find_json(text) == structured_answer_for(MODEL, "invoice 7", schema)
+        status, _, raw = run(get(url.removesuffix("/v1") + "/_sim/config"))
+        config = orjson.loads(raw)
+        assert (config["response_format"], config["schema_fault_rate"], config["schema_fault_kinds"]) == (
+            "reject", 1.0, ["fenced"])  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)

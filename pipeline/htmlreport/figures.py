@@ -2,11 +2,15 @@
 
 The verdict figures are those of ``docpipe summary --json`` (:mod:`pipeline.summary`):
 the same rows, statuses, token sums, cost, latency percentiles (numpy's linear
-interpolation, the one ``pandas.quantile`` uses) and throughput.
+interpolation, the one ``pandas.quantile`` uses, found exactly by :mod:`.quantiles`)
+and throughput. Every figure is folded batch by batch (:class:`Totals`,
+:class:`Groups`) so no column of every row is ever held.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import arrow
+from ..arrowutil import int_codes, strings
+from . import arrow, quantiles
+from .scan import Scan
 
 LATENCY_BINS = 40
 TOP_GROUPS = 15  # groups of --by shown; the rest are summed into one line
@@ -66,40 +72,97 @@ class Group:
     cost_usd: float | None
 
 
-def verdict(table: pa.Table, info: dict[str, Any]) -> Verdict:
-    """The verdict line: counts and sums over every row, the ending from _run.json."""
-    ok = arrow.count_true(arrow.equal(table["status"], "ok"))
-    lat = latencies(table)
-    q = [float(x) for x in np.percentile(lat, np.array([0.5, 0.95, 0.99]) * 100)] if len(lat) else [None] * 3
-    has_cost = "cost_usd" in table.column_names and table["cost_usd"].null_count < table.num_rows
-    tp = _throughput(table, info)
+class Totals:
+    """Counts and sums over every row, folded batch by batch: the verdict's figures but the
+    percentiles, the attempts per row, and the latency column's count and range."""
+
+    COLUMNS = ("status", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms",
+               "attempts", "run_id")  # fmt: skip
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.runs = _runs(info)
+        self.ids = strings([str(r.get("run_id")) for r in self.runs])
+        self.rows = self.ok = self.in_runs = 0
+        self.tokens = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        self.cost = 0.0
+        self.has_cost = False
+        self.latency_rows = 0
+        self.latency_min = self.latency_max = float("nan")
+        self.attempts: Counter[int] = Counter()
+        self.run_column = False  # whether the rows say which run produced them
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        names = batch.schema.names
+        self.rows += batch.num_rows
+        self.ok += arrow.count_true(arrow.equal(batch["status"], "ok"))
+        for name in self.tokens:
+            self.tokens[name] += int(arrow.total(batch[name]) or 0) if name in names else 0
+        if "cost_usd" in names and batch["cost_usd"].null_count < batch.num_rows:
+            self.has_cost = True
+            self.cost += float(arrow.total(batch["cost_usd"]) or 0.0)
+        lat = latency_values(batch)
+        if len(lat):
+            self.latency_rows += len(lat)
+            self.latency_min = float(np.fmin(self.latency_min, lat.min()))
+            self.latency_max = float(np.fmax(self.latency_max, lat.max()))
+        if "attempts" in names:
+            self.attempts.update({int(k): n for k, n in arrow.value_counts(batch["attempts"]).items()})
+        if "run_id" in names:
+            self.run_column = True
+            self.in_runs += arrow.count_true(pc.is_in(batch["run_id"], value_set=self.ids)) if len(self.ids) else 0
+
+
+def latency_values(batch: pa.RecordBatch) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """latency_ms of the batch's rows that have one (nulls and NaN dropped, as pandas' dropna does)."""
+    if "latency_ms" not in batch.schema.names:
+        return np.zeros(0)
+    values = arrow.to_numpy(batch["latency_ms"].drop_null())
+    kept: np.ndarray[Any, np.dtype[np.float64]] = values[~np.isnan(values)]
+    return kept
+
+
+def latency_passes(scan: Scan) -> Callable[[], Iterable[np.ndarray[Any, np.dtype[np.float64]]]]:
+    """Each call reads the latency column once more, batch by batch (for :func:`quantiles.select`)."""
+    return lambda: (latency_values(batch) for _, batch in scan.batches(["latency_ms"]))
+
+
+def verdict(t: Totals, info: dict[str, Any], scan: Scan) -> Verdict:
+    """The verdict line: the folded counts and sums, exact percentiles, the ending from _run.json."""
+    q: list[float | None] = [None] * 3
+    if t.latency_rows:
+        q = list(quantiles.percentiles([0.5, 0.95, 0.99], t.latency_rows, latency_passes(scan)))
+    tp = _throughput(t)
     return Verdict(
-        rows=table.num_rows,
-        ok=ok,
-        failed=table.num_rows - ok,
+        rows=t.rows,
+        ok=t.ok,
+        failed=t.rows - t.ok,
         pending=info.get("pending"),
         ended=info.get("ended"),
         reason=info.get("reason"),
         exit_code=info.get("exit_code"),
         requests=info.get("requests"),
-        prompt_tokens=_sum_int(table, "prompt_tokens"),
-        completion_tokens=_sum_int(table, "completion_tokens"),
-        total_tokens=_sum_int(table, "total_tokens"),
-        cost_usd=float(arrow.total(table["cost_usd"]) or 0.0) if has_cost else None,
+        prompt_tokens=t.tokens["prompt_tokens"],
+        completion_tokens=t.tokens["completion_tokens"],
+        total_tokens=t.tokens["total_tokens"],
+        cost_usd=t.cost if t.has_cost else None,
         elapsed_s=tp[0] if tp else info.get("elapsed_s"),
         rows_per_s=tp[1] if tp else None,
-        latency_rows=len(lat),
+        latency_rows=t.latency_rows,
         p50=q[0],
         p95=q[1],
         p99=q[2],
     )
 
 
-def _throughput(table: pa.Table, info: dict[str, Any]) -> tuple[float, float] | None:
-    """(elapsed s, rows/s) as ``docpipe summary`` computes them: the runs' rows over their wall time."""
+def _runs(info: dict[str, Any]) -> list[dict[str, Any]]:
     runs = info["runs"] if isinstance(info.get("runs"), list) else [info] if info else []
-    ids = [r.get("run_id") for r in runs]
-    if not runs or None in ids or "run_id" not in table.column_names:
+    return [r for r in runs if isinstance(r, dict)]
+
+
+def _throughput(t: Totals) -> tuple[float, float] | None:
+    """(elapsed s, rows/s) as ``docpipe summary`` computes them: the runs' rows over their wall time."""
+    runs = t.runs
+    if not runs or any(r.get("run_id") is None for r in runs) or not t.run_column:
         return None
     if len(runs) == 1:
         elapsed = runs[0].get("elapsed_s")
@@ -110,8 +173,7 @@ def _throughput(table: pa.Table, info: dict[str, Any]) -> tuple[float, float] | 
         elapsed = (max(e for e in ends if e) - min(s for s in starts if s)).total_seconds()
     if not elapsed or elapsed <= 0:
         return None
-    rows = arrow.count_true(pc.is_in(table["run_id"], pa.array(ids, pa.string())))
-    return float(elapsed), rows / float(elapsed)
+    return float(elapsed), t.in_runs / float(elapsed)
 
 
 def _time(text: Any) -> datetime | None:
@@ -121,27 +183,29 @@ def _time(text: Any) -> datetime | None:
         return None
 
 
-def _sum_int(table: pa.Table, name: str) -> int:
-    return int(arrow.total(table[name]) or 0) if name in table.column_names else 0
-
-
-def latencies(table: pa.Table) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """latency_ms of every row that has one (nulls and NaN dropped, as pandas' dropna does)."""
-    if "latency_ms" not in table.column_names:
-        return np.zeros(0)
-    values = np.asarray(table["latency_ms"].drop_null().to_numpy(), dtype=np.float64)
-    return values[~np.isnan(values)]
-
-
-def latency_histogram(values: np.ndarray[Any, np.dtype[np.float64]], bins: int = LATENCY_BINS) -> Histogram | None:
-    """Equal bins from 0 to a little past p99, so one 10-minute straggler does not squash the chart."""
-    if not len(values):
+def latency_range(t: Totals, p99: float | None) -> tuple[float, float] | None:
+    """The latency histogram's range: 0 to a little past p99, so one 10-minute straggler
+    does not squash the chart (None without latencies)."""
+    if not t.latency_rows or p99 is None:
         return None
-    p99 = float(np.percentile(values, 99))
-    hi = _nice_ceiling(max(p99 * 1.1, float(values.min()) + 1e-9, 1e-9))
-    counts, _ = np.histogram(values, bins=bins, range=(0.0, hi))
-    above = int((values > hi).sum())
-    return Histogram(0.0, hi, tuple(int(c) for c in counts), above)
+    return 0.0, _nice_ceiling(max(p99 * 1.1, t.latency_min + 1e-9, 1e-9))
+
+
+class LatencyBins:
+    """The latency histogram: :data:`LATENCY_BINS` equal bins over a range fixed beforehand."""
+
+    def __init__(self, lo: float, hi: float, bins: int = LATENCY_BINS) -> None:
+        self.lo, self.hi = lo, hi
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.above = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        values = latency_values(batch)
+        self.counts += np.histogram(values, bins=len(self.counts), range=(self.lo, self.hi))[0]
+        self.above += int((values > self.hi).sum())
+
+    def result(self) -> Histogram:
+        return Histogram(self.lo, self.hi, tuple(int(c) for c in self.counts), self.above)
 
 
 def _nice_ceiling(x: float) -> float:
@@ -150,45 +214,53 @@ def _nice_ceiling(x: float) -> float:
     return float(next(step * mag for step in (1.0, 2.0, 2.5, 5.0, 10.0) if step * mag >= x))
 
 
-def attempts(table: pa.Table) -> dict[int, int]:
-    """Rows by number of attempts, fewest first."""
-    if "attempts" not in table.column_names:
-        return {}
-    return {int(k): n for k, n in sorted(arrow.value_counts(table["attempts"]).items())}
+class Groups:
+    """Rows, failures, tokens and cost per value of ``column``, folded batch by batch
+    (memory: one entry per distinct value). numpy's bincount over the batch's dictionary
+    codes, not Arrow's group_by, which imports pandas (+45 MB) into a run's end."""
 
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self.sums: dict[str, list[Any]] = {}  # key -> [rows, failed, total tokens, cost]
+        self.has_cost = False
 
-def groups(table: pa.Table, column: str, top: int = TOP_GROUPS) -> tuple[Group, ...]:
-    """Rows, failures, tokens and cost per value of ``column``, most tokens first; past ``top``
-    values the rest are summed into one ``(N others)`` group."""
-    n = table.num_rows
-    has = table.column_names
-    parts: dict[str, Any] = {
-        "k": arrow.filled(pc.cast(table[column], pa.string()), "(null)"),
-        "bad": pc.cast(pc.invert(arrow.filled(arrow.equal(table["status"], "ok"))), pa.int64()),
-        "tok": table["total_tokens"] if "total_tokens" in has else pa.nulls(n, pa.int64()),
-        "cost": table["cost_usd"] if "cost_usd" in has else pa.nulls(n, pa.float64()),
-    }
-    agg = pa.table(parts).group_by("k").aggregate([("k", "count"), ("bad", "sum"), ("tok", "sum"), ("cost", "sum")])
-    agg = agg.sort_by([("tok_sum", "descending"), ("k_count", "descending"), ("k", "ascending")])
-    has_cost = parts["cost"].null_count < n
-    made = [
-        Group(
-            str(r["k"]),
-            r["k_count"],
-            r["bad_sum"] or 0,
-            r["tok_sum"] or 0,
-            (r["cost_sum"] or 0.0) if has_cost else None,
+    def add(self, batch: pa.RecordBatch) -> None:
+        n, has = batch.num_rows, batch.schema.names
+        if self.column not in has or not n:
+            return
+        keys = pc.dictionary_encode(arrow.filled(pc.cast(batch[self.column], pa.string()), "(null)"))
+        codes, names = int_codes(keys.indices), keys.dictionary.to_pylist()
+        bad = ~arrow.to_numpy(arrow.filled(arrow.equal(batch["status"], "ok")))
+        sums = [np.bincount(codes, minlength=len(names)), np.bincount(codes, weights=bad, minlength=len(names))]
+        sums.append(np.bincount(codes, weights=_zeros_for_nulls(batch, "total_tokens"), minlength=len(names)))
+        sums.append(np.bincount(codes, weights=_zeros_for_nulls(batch, "cost_usd"), minlength=len(names)))
+        self.has_cost = self.has_cost or ("cost_usd" in has and batch["cost_usd"].null_count < n)
+        for i, key in enumerate(names):
+            acc = self.sums.setdefault(str(key), [0, 0, 0, 0.0])
+            acc[0] += int(sums[0][i])
+            acc[1] += int(sums[1][i])
+            acc[2] += int(sums[2][i])  # exact: float64 holds whole numbers to 2**53
+            acc[3] += float(sums[3][i])
+
+    def result(self, top: int = TOP_GROUPS) -> tuple[Group, ...]:
+        """Most tokens first; past ``top`` values the rest are summed into one ``(N others)`` group."""
+        order = sorted(self.sums.items(), key=lambda kv: (-kv[1][2], -kv[1][0], kv[0]))
+        made = [Group(k, r, bad, tok, cost if self.has_cost else None) for k, (r, bad, tok, cost) in order]
+        if len(made) <= top:
+            return tuple(made)
+        rest = made[top - 1 :]
+        other = Group(
+            f"({len(rest)} others)",
+            sum(g.rows for g in rest),
+            sum(g.failed for g in rest),
+            sum(g.total_tokens for g in rest),
+            sum(g.cost_usd or 0.0 for g in rest) if self.has_cost else None,
         )
-        for r in agg.to_pylist()
-    ]
-    if len(made) <= top:
-        return tuple(made)
-    rest = made[top - 1 :]
-    other = Group(
-        f"({len(rest)} others)",
-        sum(g.rows for g in rest),
-        sum(g.failed for g in rest),
-        sum(g.total_tokens for g in rest),
-        sum(g.cost_usd or 0.0 for g in rest) if has_cost else None,
-    )
-    return (*made[: top - 1], other)
+        return (*made[: top - 1], other)
+
+
+def _zeros_for_nulls(batch: pa.RecordBatch, name: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """A numeric column as float64 with nulls (and a missing column) as 0."""
+    if name not in batch.schema.names:
+        return np.zeros(batch.num_rows)
+    return arrow.to_numpy(arrow.filled(pc.cast(batch[name], pa.float64()), 0.0))

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import arrow
+from .scan import DICTIONARY, Scan
 
 BINS = 60  # at most; a short run with few rows gets fewer, wider bins (about 8 rows a bin, at least 10 bins)
 MIN_BINS = 10
@@ -56,63 +57,155 @@ def _epoch_us(text: Any) -> int | None:
         return None
 
 
-def _this_run(table: pa.Table, run_id: str | None) -> pa.Table:
-    """The rows the latest run produced (a resumed folder also holds earlier nights' rows)."""
-    if run_id is None or "run_id" not in table.column_names:
-        return table
-    mine = table.filter(arrow.filled(arrow.equal(table["run_id"], run_id)))
-    return mine if mine.num_rows else table
+class Span:
+    """First pass: which rows are the latest run's, and when they started and completed (µs)."""
+
+    COLUMNS = ("run_id", "status", "started_at", "completed_at")
+
+    def __init__(self, run_id: str | None) -> None:
+        self.run_id = run_id
+        self.mine = _Times()  # the latest run's rows
+        self.all = _Times()
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.all.add(batch)
+        if self.run_id is not None and "run_id" in batch.schema.names:
+            self.mine.add(batch.filter(arrow.filled(arrow.equal(batch["run_id"], self.run_id))))
+
+    @property
+    def only_mine(self) -> bool:
+        """A resumed folder also holds earlier nights' rows: the charts show the latest run's
+        (all rows when none is marked as its)."""
+        return self.mine.rows > 0
+
+    def mask(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows of ``batch`` the charts show."""
+        if not self.only_mine or self.run_id is None:
+            return batch
+        return batch.filter(arrow.filled(arrow.equal(batch["run_id"], self.run_id)))
 
 
-def _micros(table: pa.Table, name: str) -> np.ndarray:
-    if name not in table.column_names:
+@dataclass
+class _Times:
+    """Rows, the earliest started_at, completed rows and the latest completed_at (µs) of some rows."""
+
+    rows: int = 0
+    first_start: int | None = None
+    completed: int = 0
+    last_end: int | None = None
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.rows += batch.num_rows
+        started, completed = _micros(batch, "started_at"), _micros(batch, "completed_at")
+        if len(started):
+            low = int(started.min())
+            self.first_start = low if self.first_start is None else min(low, self.first_start)
+        if len(completed):
+            high = int(completed.max())
+            self.completed += len(completed)
+            self.last_end = high if self.last_end is None else max(high, self.last_end)
+
+
+def _micros(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    if name not in batch.schema.names:
         return np.zeros(0, dtype=np.int64)
-    return np.asarray(pc.cast(table[name].drop_null(), pa.int64()).to_numpy(), dtype=np.int64)
+    return arrow.to_numpy(pc.cast(batch[name].drop_null(), pa.int64()), np.int64)
 
 
-def time_charts(table: pa.Table, info: dict[str, Any]) -> TimeCharts:
-    """Bin the run's rows and resample its timeline onto one time axis."""
-    light = table.select([c for c in ("run_id", "status", "started_at", "completed_at") if c in table.column_names])
-    rows = _this_run(light, info.get("run_id"))
-    points = [p for p in info.get("timeline") or [] if isinstance(p, dict) and "t" in p]
-    started = _micros(rows, "started_at")
+class TimeBins:
+    """Second pass: the run's completed rows in time bins, and (without a sampled timeline)
+    an in-flight curve from the rows' start and end times. Built by :func:`time_bins`."""
+
+    def __init__(self, span: Span, info: dict[str, Any], start: int, span_s: float, bins: int) -> None:
+        self.span, self.info, self.start, self.span_s = span, info, start, span_s
+        self.points = _points(info)
+        self.edges = np.linspace(0.0, span_s, bins + 1)
+        self.ok = np.zeros(bins, dtype=np.int64)
+        self.bad = np.zeros(bins, dtype=np.int64)
+        self.sampled = len(self.points) >= MIN_POINTS
+        self.at = np.linspace(0.0, span_s, ESTIMATE_POINTS)
+        self.begun = np.zeros(ESTIMATE_POINTS, dtype=np.int64)  # rows started by each instant
+        self.ended = np.zeros(ESTIMATE_POINTS, dtype=np.int64)  # rows completed by each instant
+        self.estimable = False  # the rows have both times
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        batch = self.span.mask(batch)
+        if "completed_at" not in batch.schema.names:
+            return
+        done_rows = batch.filter(pc.is_valid(batch["completed_at"]))
+        done = (_micros(done_rows, "completed_at") - self.start) / 1e6
+        ok = arrow.to_numpy(arrow.filled(arrow.equal(done_rows["status"], "ok")))
+        when = np.clip(done, 0.0, self.span_s)
+        self.ok += np.histogram(when[ok], bins=self.edges)[0]
+        self.bad += np.histogram(when[~ok], bins=self.edges)[0]
+        if not self.sampled and "started_at" in batch.schema.names:
+            self.estimable = True
+            both = done_rows.filter(pc.is_valid(done_rows["started_at"]))
+            self.begun += _by_instant(self.at, (_micros(both, "started_at") - self.start) / 1e6)
+            self.ended += _by_instant(self.at, (_micros(both, "completed_at") - self.start) / 1e6)
+
+    def result(self) -> TimeCharts:
+        width = self.span_s / len(self.ok)
+        ok, bad = self.ok / width, self.bad / width
+        points = self.points
+        if self.sampled:
+            in_flight = _pairs(*_columns(points, "in_flight"))
+        else:  # rows waiting in a back-off count too: an upper bound of requests in flight
+            in_flight = _pairs(self.at, (self.begun - self.ended).tolist()) if self.estimable else ()
+        if not points:
+            return TimeCharts(self.span_s, width, _floats(ok), _floats(bad), None, in_flight, None, True, None)
+        t = np.array([float(p["t"]) for p in points])
+        return TimeCharts(
+            self.span_s,
+            width,
+            _floats(ok),
+            _floats(bad),
+            _floats(np.diff(_cumulative(points, "requests", t, self.edges)) / width),
+            in_flight,
+            _steps(*_columns(points, "limit"), self.span_s),
+            not self.sampled,
+            {k: tuple(int(x) for x in np.diff(_cumulative(points, k, t, self.edges))) for k in ERROR_SERIES},
+        )
+
+
+def _by_instant(at: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """How many of ``times`` are at or before each instant of ``at`` (sorted)."""
+    first = np.searchsorted(at, times, side="left")  # the first instant not before each time
+    return np.cumsum(np.bincount(first, minlength=len(at) + 1)[: len(at)])
+
+
+def _points(info: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in info.get("timeline") or [] if isinstance(p, dict) and "t" in p]
+
+
+def time_bins(span: Span, info: dict[str, Any]) -> TimeBins | None:
+    """The second pass's bins, once the first has found the run's rows and span (None: nothing to draw)."""
+    rows = span.mine if span.only_mine else span.all
+    points = _points(info)
     start = _epoch_us(info.get("started_at"))
     if start is None:
-        start = int(started.min()) if len(started) else 0
-    done_rows = rows.filter(pc.is_valid(rows["completed_at"])) if "completed_at" in rows.column_names else rows
-    done = (_micros(done_rows, "completed_at") - start) / 1e6
-    span = max(
-        [
-            float(info.get("elapsed_s") or 0.0),
-            float(points[-1]["t"]) if points else 0.0,
-            float(done.max()) if len(done) else 0.0,
-        ]
-    )
-    if span <= 0:
-        return TimeCharts(0.0, 0.0, (), (), None, (), None, False, None)
-    bins = min(BINS, max(MIN_BINS, len(done) // 8))
-    width = span / bins
-    edges = np.linspace(0.0, span, bins + 1)
-    ok_mask = np.asarray(arrow.filled(arrow.equal(done_rows["status"], "ok")).to_numpy(zero_copy_only=False))
-    when = np.clip(done, 0.0, span)
-    ok = np.histogram(when[ok_mask], bins=edges)[0] / width
-    bad = np.histogram(when[~ok_mask], bins=edges)[0] / width
-    sampled = len(points) >= MIN_POINTS
-    in_flight = _pairs(*_columns(points, "in_flight")) if sampled else _estimate_in_flight(rows, start, span)
-    if not points:
-        return TimeCharts(span, width, _floats(ok), _floats(bad), None, in_flight, None, True, None)
-    t = np.array([float(p["t"]) for p in points])
-    return TimeCharts(
-        span,
-        width,
-        _floats(ok),
-        _floats(bad),
-        _floats(np.diff(_cumulative(points, "requests", t, edges)) / width),
-        in_flight,
-        _steps(*_columns(points, "limit"), span),
-        not sampled,
-        {k: tuple(int(x) for x in np.diff(_cumulative(points, k, t, edges))) for k in ERROR_SERIES},
-    )
+        start = rows.first_start if rows.first_start is not None else 0
+    latest = (rows.last_end - start) / 1e6 if rows.last_end is not None else 0.0
+    span_s = max(float(info.get("elapsed_s") or 0.0), float(points[-1]["t"]) if points else 0.0, latest)
+    if span_s <= 0:
+        return None
+    return TimeBins(span, info, start, span_s, min(BINS, max(MIN_BINS, rows.completed // 8)))
+
+
+EMPTY = TimeCharts(0.0, 0.0, (), (), None, (), None, False, None)
+
+
+def time_charts(scan: Scan, info: dict[str, Any]) -> TimeCharts:
+    """Bin the run's rows and resample its timeline onto one time axis (two passes over ``scan``)."""
+    span = Span(info.get("run_id"))
+    for _, batch in scan.batches(Span.COLUMNS, DICTIONARY):
+        span.add(batch)
+    bins = time_bins(span, info)
+    if bins is None:
+        return EMPTY
+    for _, batch in scan.batches(Span.COLUMNS, DICTIONARY):
+        bins.add(batch)
+    return bins.result()
 
 
 def _columns(points: list[dict[str, Any]], key: str) -> tuple[np.ndarray, list[Any]]:
@@ -135,19 +228,6 @@ def _cumulative(points: list[dict[str, Any]], key: str, t: np.ndarray, edges: np
     """A cumulative counter at the bin edges, rounded so per-bin differences are whole and sum to the total."""
     values = np.array([float(p.get(key) or 0) for p in points])
     return np.asarray(np.round(np.interp(edges, t, values, left=0.0)), dtype=np.float64)
-
-
-def _estimate_in_flight(rows: pa.Table, start: int, span: float) -> tuple[tuple[float, float], ...]:
-    """Rows between their start and completion at evenly spaced instants (rows waiting in a
-    back-off count too, so this is an upper bound of requests in flight)."""
-    if "started_at" not in rows.column_names or "completed_at" not in rows.column_names:
-        return ()
-    both = rows.filter(pc.and_(pc.is_valid(rows["started_at"]), pc.is_valid(rows["completed_at"])))
-    begins = np.sort((_micros(both, "started_at") - start) / 1e6)
-    ends = np.sort((_micros(both, "completed_at") - start) / 1e6)
-    at = np.linspace(0.0, span, ESTIMATE_POINTS)
-    count = np.searchsorted(begins, at, side="right") - np.searchsorted(ends, at, side="right")
-    return _pairs(at, count.tolist())
 
 
 def _floats(values: np.ndarray) -> tuple[float, ...]:
