@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from pipeline import run
-from pipeline.config import load_config
+from pipeline.config import JobConfig, load_config
+from pipeline.errors import UsageError
 from pipeline.manifest import Manifest
 from pipeline.simulator import file_bytes
 
@@ -140,13 +141,13 @@ def test_embed_of_a_missing_document_fails_the_row_without_a_chat_request(tmp_pa
     assert failed["error_type"] == "invalid_input" and failed["http_status"] == 404
 
 
-@pytest.mark.parametrize(
-    ("args", "named"), [(["--embed"], "--embed: "), (["--embed", "--form", "inline"], "--form 'inline'")]
-)
-def test_embed_with_the_inline_form_is_a_usage_error_naming_the_flag(tmp_path: Path, args: list[str],
-                                                                    named: str) -> None:  # fmt: skip
+def test_embed_with_the_inline_form_is_a_usage_error_naming_the_flag(tmp_path: Path) -> None:
     manifest = write_csv(tmp_path / "m.csv", _rows([PDF]))
-    done = cli("run", str(manifest), "--out", str(tmp_path / "out"), "--base-url", "http://127.0.0.1:9/v1", *args)
+    done = cli("run", str(manifest), "--out", str(tmp_path / "out"), "--base-url", "http://127.0.0.1:9/v1", "--embed")
     assert done.returncode == 2, done.stderr
-    assert named in done.stderr and "embedding needs form image_url, file or auto" in done.stderr
+    assert "--embed: embedding needs form image_url, file or auto, but the form is inline" in done.stderr
     assert not (tmp_path / "out").exists()
+    with pytest.raises(UsageError, match=r"^--embed: .* but --form 'inline'"):
+        load_config(env={}, flags={"embed": True, "form": "inline"})
+    with pytest.raises(UsageError, match=r"^embed=True: .* but form='inline'"):
+        JobConfig(embed=True)

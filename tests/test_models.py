@@ -13,7 +13,7 @@ from pipeline import run
 from pipeline.simulator import answer_for, usage_for
 from pipeline.summary import diff, format_diff
 
-from .conftest import fast_config, make_rows, write_csv
+from .conftest import cli, fast_config, make_rows, write_csv
 
 NO_CHANNEL = "gpt-4o-all"  # the simulator's no-channel model in these tests
 WORKS = "gpt-4-all"  # answers, reporting gpt-4o (the simulator's alias)
@@ -90,15 +90,17 @@ def test_the_run_stops_when_every_model_it_can_use_has_no_channel(tmp_path: Path
     assert server.stats()["requests"] <= 2 * (3 + 2)
 
 
-def test_fallback_after_an_unreadable_answer_but_not_after_a_400(tmp_path: Path, sim) -> None:
+def test_fallback_after_an_unreadable_or_filtered_answer_but_not_after_a_400(tmp_path: Path, sim) -> None:
     server = sim()
-    rows = make_rows(2)
+    rows = make_rows(3)
     rows[0]["question"] += " [[sim:unreadable]]"
     rows[1]["question"] += " [[sim:status=400]]"
+    rows[2]["question"] += " [[sim:finish=content_filter]]"
     manifest = write_csv(tmp_path / "m.csv", rows)
     summary = run(fast_config(manifest, tmp_path / "out", server, fallback_models=[WORKS], unreadable_retries=0))
     df = pd.read_parquet(tmp_path / "out").set_index("question")
-    unreadable, bad = df.loc[rows[0]["question"]], df.loc[rows[1]["question"]]
+    unreadable, bad, filtered = (df.loc[r["question"]] for r in rows)
+    assert (filtered["error_type"], list(filtered["models_tried"])) == ("content_filter", ["gpt-4o-all", WORKS])
     # the directive makes every model say it cannot read the file: both were asked, the last one's answer kept
     assert (unreadable["error_type"], list(unreadable["models_tried"]), unreadable["attempts"]) == (
         "unreadable_document",
@@ -110,7 +112,36 @@ def test_fallback_after_an_unreadable_answer_but_not_after_a_400(tmp_path: Path,
         ["gpt-4o-all"],
         "gpt-4o-all",
     )
-    assert summary.exit_code == 1 and server.stats()["requests"] == 3
+    assert summary.exit_code == 1 and server.stats()["requests"] == 5
+
+
+def test_a_model_the_gateway_does_not_know_falls_back_at_once(tmp_path: Path, sim) -> None:
+    server = sim(missing_models=("gpt-5-all",), record_bodies=True)
+    manifest = write_csv(tmp_path / "m.csv", make_rows(10))
+    summary = run(fast_config(manifest, tmp_path / "out", server, model="gpt-5-all", fallback_models=[WORKS],
+                              concurrency=2))  # fmt: skip
+    assert (summary.exit_code, summary.ok) == (0, 10)
+    df = pd.read_parquet(tmp_path / "out")
+    assert {tuple(t) for t in df["models_tried"]} == {("gpt-5-all", WORKS)} and set(df["model"]) == {WORKS}
+    # model_not_found marks the model unserved at its first answer: only rows already on the wire asked it
+    assert 1 <= server.stats()["outcomes"]["model_not_found"] <= 2
+
+
+def test_cli_flags_reach_forms_fallbacks_and_prices(tmp_path: Path, sim) -> None:
+    server = sim(no_channel_models=(NO_CHANNEL, "claude-x"), record_bodies=True)
+    manifest = write_csv(tmp_path / "m.csv", make_rows(3))
+    out = tmp_path / "out"
+    done = cli("run", str(manifest), "--out", str(out), "--base-url", server.url, "--quiet", "--form", "file",
+               "--fallback-model", "claude-x", "--fallback-model", WORKS, "--model-price", f"{WORKS}=1/2",
+               "--max-attempts", "1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    df = pd.read_parquet(out)
+    assert {tuple(t) for t in df["models_tried"]} == {(NO_CHANNEL, "claude-x", WORKS)}
+    settings = _info(out)["settings"]
+    assert settings["fallback_models"] == ["claude-x", WORKS] and settings["form"] == "file"
+    assert settings["model_prices"] == {WORKS: {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}}
+    assert all(b["messages"][0]["content"][1]["type"] == "file" for b in server.bodies())
+    assert df["cost_usd"].gt(0).all()
 
 
 def test_diff_of_two_models_shows_agreement_per_question(tmp_path: Path, sim) -> None:

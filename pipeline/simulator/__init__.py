@@ -29,7 +29,8 @@ Endpoints (base URL ``http://HOST:PORT/v1``)
 ``POST /v1/chat/completions``
     Gates, in order (a gate answers or lets the request through):
     auth (401 "无效的令牌") -> body (400) -> model (``no_channel``: 503 "当前分组
-    default 下对于模型 M 无可用渠道"; only the ``no_channel_models`` when set) -> quota (401 "该令牌额度已用尽" or 403
+    default 下对于模型 M 无可用渠道"; only the ``no_channel_models`` when set; 404
+    ``model_not_found`` for the ``missing_models``) -> quota (401 "该令牌额度已用尽" or 403
     ``insufficient_user_quota``) -> capacity (429, empty body, no Retry-After) ->
     rpm (429 with Retry-After) -> response_format (400 naming it, when
     ``response_format = "reject"``) -> fault (directives / random fault mix) -> upstream
