@@ -177,3 +177,18 @@ def test_prices_per_model_and_fallbacks_from_job_file_flags_and_keywords(tmp_pat
     job.write_text('[prices."gpt-4-all"]\nprompt = 3\n')
     with pytest.raises(UsageError, match=r"\[prices.<model>\] = .*expected a table with some of prompt_per_1m"):
         load_config(job, env={})
+
+
+def test_the_budget_estimate_prices_each_row_at_its_models_price(tmp_path: Path) -> None:
+    from pipeline.budget import estimate_rows, prompt_estimate
+    from pipeline.config import load_config
+    from pipeline.manifest import Manifest
+
+    rows = [{**r, "model": WORKS if i % 2 else ""} for i, r in enumerate(make_rows(6))]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    cfg = load_config(manifest=str(manifest), env={}, price_prompt_per_1m=1.0, price_per_request=0.5,
+                      model_prices={WORKS: {"prompt_per_1m": 100.0}})  # fmt: skip
+    prompts = [prompt_estimate(f"{r['file_url']} {r['question']}", cfg) for r in rows]
+    est = estimate_rows(Manifest(str(manifest), cfg), None, cfg)
+    own = sum(p * (100.0 if r["model"] else 1.0) for p, r in zip(prompts, rows, strict=True)) / 1e6
+    assert est.requests == 6 and est.min_cost_usd == pytest.approx(own + 6 * 0.5)
