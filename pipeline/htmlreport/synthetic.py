@@ -103,7 +103,9 @@ def synthetic_table(rows: int, seed: int = 0, fail_share: float = 0.03) -> pa.Ta
         "cost_usd": pa.array((prompt * 2.5 + completion * 10.0) / 1e6 * ok),
     }
     schema = output_schema([pa.field("category", pa.string())])
-    return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    # columns this generator does not fill (reused_from, doc_* of issue 12, ...) are null
+    arrays = [columns[f.name].cast(f.type) if f.name in columns else pa.nulls(rows, f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def write_synthetic(out_dir: Path, rows: int, seed: int = 0) -> Path:
