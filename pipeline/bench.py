@@ -96,6 +96,8 @@ class RunSpec:
     fault_attempts: int = 1  # attempts of a row that may draw a fault (simulator setting)
     retry_after_s: float | None = None  # Retry-After of the "429" fault kind; None: no header
     capacity: int | None = None  # simulator's in-flight cap (empty-body 429 above it)
+    doc_meta: bool = True  # the client HEADs each document (served by the simulator, issue 12)
+    engine: str = "asyncio"  # the client's --engine; "ray" starts a local Ray (issue 13)
 
     def sim_settings(self) -> dict[str, Any]:
         """Simulator settings beyond ``docpipe simulate``'s latency and fault flags."""
@@ -198,8 +200,10 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform()}  # fmt: skip
 
 
-def write_manifest(path: Path, rows: int, row_group_rows: int | None = None) -> None:
-    """Distinct file_url and question per row, built in Arrow (no Python loop over rows)."""
+def write_manifest(path: Path, rows: int, row_group_rows: int | None = None,
+                   files: str = "https://docs.example.com") -> None:  # fmt: skip
+    """Distinct file_url and question per row, built in Arrow (no Python loop over rows);
+    the documents are ``{files}/bench/{i}.pdf`` (the simulator's ``/files`` in a run)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -207,7 +211,7 @@ def write_manifest(path: Path, rows: int, row_group_rows: int | None = None) -> 
 
     idx = pc.cast(pa.array(np.arange(rows, dtype=np.int64)), pa.string())
     # pyarrow-stubs type the joined values as arrays only; scalars broadcast at run time
-    urls = pc.binary_join_element_wise("https://docs.example.com/bench/", idx, ".pdf", "")  # type: ignore[call-overload]
+    urls = pc.binary_join_element_wise(f"{files}/bench/", idx, ".pdf", "")  # type: ignore[call-overload]
     questions = pc.binary_join_element_wise("What is the total of item ", idx, "?", "")  # type: ignore[call-overload]
     table = pa.table({"file_url": urls, "question": questions})
     pq.write_table(table, path, row_group_size=row_group_rows, compression="zstd")
@@ -435,12 +439,18 @@ class _Readings:
 def _drive(spec: RunSpec, work: Path, manifest: Path, out: Path, profile: Path | None) -> _Readings:
     """Start the simulator, run the client (and the resume check) against it, read the counts."""
     with simulator(spec, work / "sim.log") as sim:
+        # the documents are the simulator's, so the client's HEADs (doc metadata) stay on this machine
+        write_manifest(manifest, spec.rows, spec.row_group_rows, files=sim.root + "/files")
         run = ["-m", "pipeline.cli", "run", str(manifest), "--out", str(out), "--base-url", sim.url,
                "--api-key", "bench", "--concurrency", str(spec.concurrency), "--quiet"]  # fmt: skip
+        if not spec.doc_meta:
+            run.append("--no-doc-meta")
         if spec.fixed_concurrency:
             run.append("--fixed-concurrency")
         if spec.timeout is not None:
             run += ["--timeout", str(spec.timeout)]
+        if spec.engine != "asyncio":
+            run += ["--engine", spec.engine]
         prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
         sim_t0 = sim.reset()
         cpu0, busy0 = sim.cpu_seconds(), _busy_seconds()
@@ -464,7 +474,6 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
     """Run ``spec`` once: fresh simulator, fresh manifest and output folder."""
     work.mkdir(parents=True, exist_ok=True)
     manifest, out = work / "manifest.parquet", work / "out"
-    write_manifest(manifest, spec.rows, spec.row_group_rows)
     r = _drive(spec, work, manifest, out, profile)
     c, st, info, resume = r.client, r.stats, r.info, r.resume
     (cpu0, cpu1), (busy0, busy1), wall, cpu = r.sim_cpu, r.busy, c.wall, c.cpu_s
@@ -519,6 +528,7 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
 
 # --------------------------------------------------------------------------- scenarios
 
+_LITTLE_100 = RunSpec(rows=10_000, latency=0.2, concurrency=100)
 _FAULTS = RunSpec(rows=2000, latency=0.2, concurrency=100, fault_rate=0.1, timeout=5.0)
 _MILLION = RunSpec(rows=1_000_000, latency=0.01, concurrency=512, resume_check=True)
 # Issue 10: a third of the faults 429 with Retry-After: 1, each row failing at most twice,
@@ -532,12 +542,13 @@ _CLEAN_10K = RunSpec(rows=10_000, latency=0.2, concurrency=100, fixed_concurrenc
 _RANDOM_429 = replace(_CLEAN_10K, fault_rate=0.05, fault_kinds=RANDOM_429S, fault_attempts=EVERY_ATTEMPT,
                       retry_after_s=1.0)  # fmt: skip
 # 30 s at the capacity's 200 answers/s: 20 s to judge after the warm-up.
+_LITTLE_100 = RunSpec(rows=10_000, latency=0.2, concurrency=100)
 _CAPACITY = RunSpec(rows=6000, latency=0.2, concurrency=200, capacity=40, fixed_concurrency=False)
 
 #: The issue's targets. Each scenario names its runs; a run shared by several
 #: scenarios (the 1M one, the clean 10k one) is measured once per bench invocation.
 SCENARIOS: dict[str, dict[str, RunSpec]] = {
-    "little-100": {"run": RunSpec(rows=10_000, latency=0.2, concurrency=100)},
+    "little-100": {"run": _LITTLE_100},
     "little-1000": {"run": RunSpec(rows=20_000, latency=1.0, concurrency=1000)},
     "faults": {"faults": _FAULTS, "clean": replace(_FAULTS, fault_rate=0.0)},
     "cpu": {"run": RunSpec(rows=50_000, latency=0.05, concurrency=256)},
@@ -554,6 +565,11 @@ SCENARIOS: dict[str, dict[str, RunSpec]] = {
     "capacity": {"run": _CAPACITY},
     "startup": {"run": _CLEAN_10K},
     "memory-10k": {"10k": _CLEAN_10K, "1M": _MILLION},
+    # issue 12: little-100 with the documents' HEADs (the default) beside the same run without them
+    "doc-meta": {"on": _LITTLE_100, "off": replace(_LITTLE_100, doc_meta=False)},
+    # issue 13: the Ray engine (a local Ray started by the client, 4 sender actors) against the
+    # asyncio engine, same rows; its start-up is spawn_to_first_request_s (Ray and the actors)
+    "ray": {"asyncio": _LITTLE_100, "ray": replace(_LITTLE_100, engine="ray")},
 }
 
 
@@ -635,11 +651,16 @@ def _judge_memory(runs: dict[str, RunResult]) -> list[Check]:
     ]
 
 
+def _on_off(runs: dict[str, RunResult]) -> float:
+    return round(runs["on"].throughput_rps / max(runs["off"].throughput_rps, 1e-9), 4)
+
+
 Judge = Callable[[dict[str, RunResult]], list[Check]]
 
 #: How each scenario's runs are judged against its targets.
 JUDGES: dict[str, Judge] = {
     "little-100": lambda runs: [at_least("ratio to bound", runs["run"].ratio, 0.95)],
+    "ray": lambda runs: [at_least("ray / asyncio throughput", _share(runs["ray"], runs["asyncio"]), 0.8)],
     "little-1000": lambda runs: [at_least("ratio to bound", runs["run"].ratio, 0.90)],
     "faults": _judge_faults,
     "cpu": lambda runs: [at_most("client CPU us/request", runs["run"].cpu_us_per_request, 200)],
@@ -656,11 +677,20 @@ JUDGES: dict[str, Judge] = {
         at_least("end-to-end ratio to bound", runs["run"].wall_ratio, 0.95, "88.9 % (22.5 s, issue 10)"),
         at_most("first request s from spawn", runs["run"].spawn_to_first_request_s, 0.45, "0.56 s"),
     ],
+    "doc-meta": lambda runs: [
+        at_least("ratio to bound, doc metadata on", runs["on"].ratio, 0.95),
+        at_least("throughput on / off", _on_off(runs), 0.95),
+    ],
     "memory-10k": lambda runs: [
         at_most("peak RSS MB (10k)", runs["10k"].peak_rss_mb, 130, "204 MB"),
         at_most("peak RSS MB (1M)", runs["1M"].peak_rss_mb, 200, "281 MB"),
     ],
 }
+
+
+def _share(r: RunResult, base: RunResult) -> float:
+    """``r``'s throughput as a share of ``base``'s."""
+    return r.throughput_rps / base.throughput_rps if base.throughput_rps else 0.0
 
 
 def _judge(name: str, runs: dict[str, RunResult]) -> list[Check]:
@@ -670,7 +700,9 @@ def _judge(name: str, runs: dict[str, RunResult]) -> list[Check]:
 
 #: Not a run: the HTML report of a synthetic 1 000 000-row folder (issue 14), see :func:`measure_report`.
 REPORT_SCENARIO = "report-1m"
-ALL_SCENARIOS = [*SCENARIOS, REPORT_SCENARIO]
+#: Not a run of SCENARIOS: a 1 000 000-row night that reuses everything (issue 12), see pipeline/benchreuse.py.
+REUSE_SCENARIO = "reuse-1m"
+ALL_SCENARIOS = [*SCENARIOS, REPORT_SCENARIO, REUSE_SCENARIO]
 
 
 def measure_report(work: Path, rows: int = 1_000_000, small: int = 10_000) -> ScenarioResult:
@@ -710,6 +742,13 @@ def run_scenarios(names: list[str], work: Path, *, profile: Path | None = None,
             if echo:
                 echo(f"bench: {name}: report of a synthetic 1000000-row folder ...")
             results.append(measure_report(work))
+            continue
+        if name == REUSE_SCENARIO:
+            from .benchreuse import measure_reuse
+
+            if echo:
+                echo(f"bench: {name}: night 2 of 1000000 rows reusing night 1 ...")
+            results.append(measure_reuse(work / name))
             continue
         runs = {}
         for label, spec in SCENARIOS[name].items():

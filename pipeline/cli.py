@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .config import FORMS, MANIFEST_FORMATS, PROGRESS_MODES, SCHEMA_MODES, JobConfig, load_config
+from .config import ENGINES, FORMS, MANIFEST_FORMATS, PROGRESS_MODES, SCHEMA_MODES, JobConfig, load_config
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
 
 log = logging.getLogger("docpipe")
@@ -210,13 +210,55 @@ _RUN_OPTIONS = [
     click.option("--progress", type=click.Choice(PROGRESS_MODES), help="Progress display."),
     click.option("--progress-interval", metavar="DURATION", help="Between progress log lines [default: 30 s]."),
     click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        help="asyncio: one process (default); ray: Ray Data actors, local or --ray-address.",
+    ),
+    click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (ray://host:10001) [default: local]."),
+    click.option("--ray-actors", metavar="N", help="Sender actors; the limits are split between them [default: 4]."),
+    click.option(
+        "--presign-ttl",
+        metavar="DURATION",
+        help="How long s3:// documents' presigned URLs stay valid (900, 15m, 1h) [default: 1h].",
+    ),
+    click.option(
+        "--cache-dir",
+        metavar="DIR",
+        help="Local journal of s3:// outs [default: $DOCPIPE_CACHE_DIR, else ~/.cache/docpipe].",
+    ),
+]
+
+
+#: Incremental nights (issue 12): reuse of earlier answers, document metadata.
+_REUSE_OPTIONS = [
+    click.option(
+        "--reuse",
+        multiple=True,
+        metavar="PATH",
+        help="Copy forward ok answers of this earlier output folder (repeatable; globs such as "
+        "'out/*') whose request and document are unchanged: no request.",
+    ),
+    click.option("--max-age", metavar="DURATION", help="Ask again answers older than this (7d, 36h) with --reuse."),
+    click.option(
+        "--doc-meta/--no-doc-meta",
+        default=None,
+        help="HEAD each document for doc_etag, doc_last_modified, doc_bytes [default: on].",
+    ),
+    click.option("--head-timeout", metavar="DURATION", help="Per document HEAD [default: 10 s]."),
+    click.option("--head-concurrency", metavar="N", help="Most document HEADs in flight [default: 32]."),
+    click.option(
+        "--ignore-query",
+        metavar="NAMES",
+        help="Comma-separated query parameters reuse ignores [default: signature and expiry ones].",
+    ),
 ]
 
 
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options of run and validate. Values go to JobConfig as given: it parses and
     checks every one (types, ranges, durations, HH:MM, K/N), so they are untyped here."""
-    for option in reversed(_RUN_OPTIONS):
+    for option in reversed([*_RUN_OPTIONS, *_REUSE_OPTIONS]):
         fn = option(fn)
     return fn
 
@@ -233,6 +275,7 @@ def build_config(manifest: str | None, opts: dict[str, Any], *, require_out: boo
             opts[name] = None
     if opts.pop("fixed_concurrency", None):
         opts["adaptive"] = False
+    opts["reuse"] = opts.get("reuse") or None  # click gives () when --reuse is not given
     if quiet:
         opts["progress"] = "none"
     if manifest:
@@ -485,13 +528,40 @@ def validate(manifest: str | None, check_urls: bool, url_concurrency: int, url_t
 
     _setup_logging(log_level, log_format)
     cfg, _quiet = build_config(manifest, opts, require_out=False)
+    if "://" in f"{cfg.manifest}{cfg.out}":  # object storage: read local copies (pipeline/objstore.py)
+        from .objstore import is_remote, local_view, localize_manifest
+
+        assert cfg.manifest is not None
+        manifest_path = localize_manifest(cfg.manifest, cfg.cache_dir) if is_remote(cfg.manifest) else cfg.manifest
+        cfg = cfg.replace(manifest=manifest_path, out=local_view(cfg.out, cfg.cache_dir) if cfg.out else None)
     report = check(cfg, check_urls=check_urls, url_concurrency=url_concurrency, url_timeout=url_timeout)
     click.echo(_dumps(report.to_dict()) if as_json else format_validation(report))
     sys.exit(report.exit_code)
 
 
+class _OutPath(click.ParamType):  # type: ignore[type-arg]  # generic in click 8.2 stubs only
+    """An output folder: a local one that exists, or an object store URL (s3://bucket/out),
+    whose results are copied into the local cache when the command runs (pipeline/objstore.py)."""
+
+    name = "OUT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if "://" in str(value):
+            return str(value)
+        return click.Path(exists=True).convert(value, param, ctx)
+
+
+def _readable(out: str) -> str:
+    """A local folder holding ``out``'s results (a copy for an object store URL)."""
+    if "://" not in out:
+        return out
+    from .objstore import local_view
+
+    return local_view(out)
+
+
 @main.command()
-@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("outs", nargs=-1, required=True, type=_OutPath())
 @_json_option
 @_errors
 def summary(outs: tuple[str, ...], as_json: bool) -> None:
@@ -506,13 +576,13 @@ def summary(outs: tuple[str, ...], as_json: bool) -> None:
     """
     from .summary import format_summary_report, summarize
 
-    report = summarize(outs)
+    report = summarize([_readable(o) for o in outs])
     click.echo(_dumps(report) if as_json else format_summary_report(report))
 
 
 @main.command()
-@click.argument("out_a", type=click.Path(exists=True))
-@click.argument("out_b", type=click.Path(exists=True))
+@click.argument("out_a", type=_OutPath())
+@click.argument("out_b", type=_OutPath())
 @click.option(
     "--out-changed",
     type=click.Path(dir_okay=False),
@@ -534,7 +604,8 @@ def diff(out_a: str, out_b: str, out_changed: str | None, key: str, as_json: boo
     from .summary import diff as compare
     from .summary import format_diff
 
-    report = compare(out_a, out_b, key="content" if key == "content" else "request_id", out_changed=out_changed)
+    a, b = _readable(out_a), _readable(out_b)
+    report = compare(a, b, key="content" if key == "content" else "request_id", out_changed=out_changed)
     click.echo(_dumps(report) if as_json else format_diff(report))
 
 
@@ -642,7 +713,7 @@ def quota(as_json: bool, **opts: Any) -> None:
 @click.option("--scenario", "scenarios", multiple=True,
               type=click.Choice(["all", "little-100", "little-1000", "faults", "cpu", "memory", "resume",
                                  "compaction", "faults-unkind", "random-429", "capacity", "startup", "memory-10k",
-                                 "report-1m"]),
+                                 "ray", "report-1m"]),
               help="Run a predefined target scenario (repeatable; 'all' for every one).")  # fmt: skip
 @click.option("--rows", type=click.IntRange(1), default=10000, show_default=True, help="Manifest rows (custom run).")
 @click.option("--latency", type=click.FloatRange(min=0), default=0.2, show_default=True,

@@ -337,9 +337,9 @@ class GatewayClient:
 
     def _user_content(self, row: Row) -> str | list[dict[str, Any]]:
         """The row's message in its form (pipeline/forms.py); the plain text without a look-up."""
-        if row.form == "inline" and row.document is None:
+        if (row.form or self.cfg.form) == "inline" and row.document is None:
             return row.content
-        return user_content(row, default_template=self.cfg.template == DEFAULT_TEMPLATE)
+        return user_content(row, default_template=self.cfg.template == DEFAULT_TEMPLATE, run_form=self.cfg.form)
 
     def redact(self, text: str) -> str:
         return redact(text, self.cfg.api_key)

@@ -48,6 +48,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import UsageError
+from .signedurl import DEFAULT_IGNORE_QUERY
 
 DEFAULT_BASE_URL = "https://api.apicore.ai/v1"
 DEFAULT_MODEL = "gpt-4o-all"
@@ -85,14 +86,14 @@ GENERATION_PARAMS = (
 
 # ----------------------------------------------------------------------------- durations
 
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|us|µs|ns|h|m|s)"
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|us|µs|ns|d|h|m|s)"
 _DURATION = re.compile(rf"(?:\s*{_DURATION_PART})+\s*")
 
 
 def parse_duration(text: str) -> float:
     """Seconds in ``text``: plain seconds (``"90"``, ``"1.5"``) or unit sequences as
-    people and Go write them (``"7h"``, ``"90m"``, ``"1h30m"``, ``"45s"``, ``"6m0s"``,
+    people and Go write them (``"7d"``, ``"7h"``, ``"90m"``, ``"1h30m"``, ``"45s"``, ``"6m0s"``,
     ``"12ms"``). Raises ValueError for anything else, negatives and infinities included.
 
     The one duration parser of the package: settings (``max_runtime = "7h"``) and the
@@ -272,9 +273,24 @@ def _path(value: Any) -> str:
 
 def _out_dir(value: Any) -> str:
     path = _path(value)
+    if "://" in path:  # an object store URL (s3://bucket/prefix): pipeline/objstore.py checks it
+        return path
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError("is an existing file, not a folder")
     return path
+
+
+#: Run engines: one asyncio process (the default) or Ray Data actors (pipeline/rayengine).
+ENGINES = ("asyncio", "ray")
+#: S3 refuses presigned URLs valid for longer than 7 days.
+MAX_PRESIGN_TTL = 7 * 24 * 3600
+
+
+def _presign_ttl(value: Any) -> float:
+    seconds: float = _seconds(zero_ok=False)(value)
+    if seconds > MAX_PRESIGN_TTL:
+        raise ValueError("S3 presigned URLs last at most 7 days (604800 s)")
+    return seconds
 
 
 def _choice(*options: str) -> Parser:
@@ -369,6 +385,22 @@ def _answer_schema(value: Any) -> dict[str, Any]:
     from .structured.spec import load_schema  # pyarrow and jsonschema only when a schema is given
 
     return load_schema(value)
+
+
+def _path_list(value: Any) -> tuple[str, ...]:
+    """Folders (or globs such as ``out/*``) as a list; one path alone is a list of one."""
+    items = (value,) if isinstance(value, str | os.PathLike) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected a list of paths")
+    return tuple(_path(v) for v in items)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """Query parameter names (a list, or one comma-separated string as a flag gives)."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise ValueError("expected a list of query parameter names")
+    return tuple(v.strip() for v in items)
 
 
 def _models(value: Any) -> tuple[str, ...]:
@@ -531,6 +563,19 @@ class JobConfig:
     schema: Mapping[str, Any] | None = None
     schema_mode: str = "auto"  # auto | response_format | instructions
     schema_retries: int = 2
+    # incremental nights (issue 12, pipeline/reuse.py, pipeline/docmeta.py)
+    reuse: tuple[str, ...] = ()  # earlier output folders (or globs) whose ok answers may be copied forward
+    max_age: float | None = None  # seconds: older answers are asked again
+    doc_meta: bool = True  # HEAD each document: doc_etag, doc_last_modified, doc_bytes
+    head_timeout: float = 10.0
+    head_concurrency: int = 32
+    ignore_query: tuple[str, ...] = DEFAULT_IGNORE_QUERY  # query parameters reuse identity ignores
+    # scale-out and object storage (issue 13, pipeline/rayengine, pipeline/objstore.py, pipeline/presign.py)
+    engine: str = "asyncio"  # asyncio | ray
+    ray_address: str | None = None  # None: start a local Ray
+    ray_actors: int = 4  # sender actors; --concurrency, --rpm, --tpm are split between them
+    presign_ttl: float = 3600.0  # seconds an s3:// document's presigned URL stays valid
+    cache_dir: str | None = None  # local journal of s3:// outs; None: $DOCPIPE_CACHE_DIR or ~/.cache/docpipe
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -543,6 +588,9 @@ class JobConfig:
                 object.__setattr__(self, f.name, value)
         if self.backoff_initial > self.backoff_max:
             raise UsageError(f"backoff_initial={self.backoff_initial:g} is more than backoff_max={self.backoff_max:g}")
+        if self.reuse and not self.doc_meta:
+            raise UsageError("reuse needs document metadata to tell an unchanged document: drop doc_meta=false "
+                             "(--no-doc-meta) or reuse")  # fmt: skip
         if self.embed and self.form == "inline":
             raise UsageError(_EMBED_INLINE.format(where="embed=True", form="form='inline'"))
 
@@ -660,6 +708,17 @@ FIELD_PARSERS: dict[str, Parser] = {
     "schema": _optional(_answer_schema),
     "schema_mode": _choice(*SCHEMA_MODES),
     "schema_retries": _integer(0, 10),
+    "reuse": _path_list,
+    "max_age": _optional(_seconds(zero_ok=False)),
+    "doc_meta": _boolean,
+    "head_timeout": _seconds(zero_ok=False),
+    "head_concurrency": _integer(1, 10_000),
+    "ignore_query": _names,
+    "engine": _choice(*ENGINES),
+    "ray_address": _optional(_text),
+    "ray_actors": _integer(1, 1024),
+    "presign_ttl": _presign_ttl,
+    "cache_dir": _optional(_path),
 }
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(JobConfig))
 #: Settings that say where the key is; at most one per source (job file, flags, arguments).
@@ -695,7 +754,7 @@ class Given:
 
 # Job file layout: section -> {key in file: setting name}. Top-level keys map to themselves.
 _JOB_SECTIONS: dict[str, dict[str, str]] = {
-    "": {"manifest": "manifest", "out": "out", "manifest_format": "manifest_format"},
+    "": {"manifest": "manifest", "out": "out", "manifest_format": "manifest_format", "reuse": "reuse"},
     "gateway": {
         "base_url": "base_url",
         "model": "model",
@@ -756,11 +815,23 @@ _JOB_SECTIONS: dict[str, dict[str, str]] = {
         "retry_failed": "retry_failed",
         "limit": "limit",
         "shard": "shard",
+        "engine": "engine",
     },
+    "ray": {"address": "ray_address", "actors": "ray_actors"},
+    "storage": {"presign_ttl": "presign_ttl", "cache_dir": "cache_dir"},
     "output": {"schema": "schema", "mode": "schema_mode", "schema_retries": "schema_retries"},
+    # `reuse = [...]` at the top level is the short form of [reuse] from = [...]
+    "reuse": {
+        "from": "reuse",
+        "max_age": "max_age",
+        "ignore_query": "ignore_query",
+        "doc_meta": "doc_meta",
+        "head_timeout": "head_timeout",
+        "head_concurrency": "head_concurrency",
+    },
 }
 #: Paths a job file gives relative to its own folder.
-_JOB_PATHS = ("manifest", "out", "api_key_file", "schema")
+_JOB_PATHS = ("manifest", "out", "api_key_file", "schema", "cache_dir")
 
 
 def read_job_file(path: str | os.PathLike[str]) -> dict[str, Given]:
@@ -791,8 +862,12 @@ def read_job_file(path: str | os.PathLike[str]) -> dict[str, Given]:
             found[section[sub]] = Given(v, f"{p}: [{key}] {sub}", " = ")
     for name in _JOB_PATHS:
         given = found.get(name)
-        if given is not None and isinstance(given.value, str) and given.value.strip():
+        if given is not None and isinstance(given.value, str) and given.value.strip() and "://" not in given.value:
             found[name] = dataclasses.replace(given, value=str((p.parent / given.value).resolve()))
+    reuse = found.get("reuse")  # a list of folders or globs, each relative to the job file
+    if reuse is not None and isinstance(reuse.value, list):
+        paths = [str(p.parent / v) if isinstance(v, str) and v.strip() else v for v in reuse.value]
+        found["reuse"] = dataclasses.replace(reuse, value=paths)
     return found
 
 

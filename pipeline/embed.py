@@ -19,7 +19,8 @@ slow queue gets to them). Decisions:
   times with a short back-off, then fail the row (``connection``). Neither costs a
   chat request.
 - **No key.** The fetch uses a session of its own, without the gateway's
-  ``Authorization`` header: the API key never goes to a document host.
+  ``Authorization`` header: the API key never goes to a document host. An ``s3://``
+  document is fetched through a presigned URL (pipeline/presign.py).
 - **Content type.** The response's ``Content-Type`` (else one guessed from the URL's
   extension, else ``application/octet-stream``) goes into the ``data:`` URL; the
   filename is the URL path's last segment (``document`` when it has none).
@@ -40,6 +41,7 @@ from .client import redact, short
 from .config import JobConfig
 from .errors import RequestError, RetryableError, RowFatalError
 from .forms import Form
+from .presign import Presigner, is_s3_url
 from .records import Document, Row
 
 #: Downloads at the same time, at most.
@@ -60,6 +62,7 @@ class DocumentFetcher:
         self._gate = asyncio.Semaphore(min(MAX_FETCHES, cfg.concurrency))
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=cfg.connect_timeout)
         self.session: aiohttp.ClientSession | None = None
+        self._presigner = Presigner(cfg.presign_ttl)
         self.fetched = 0  # documents fetched, for _run.json
         self.bytes = 0
 
@@ -76,11 +79,17 @@ class DocumentFetcher:
 
     def wanted(self, row: Row) -> bool:
         """Whether ``row`` is sent with its bytes (the run embeds and the row's form is not inline)."""
-        return self.session is not None and row.form != Form.INLINE
+        return self.session is not None and (row.form or self.cfg.form) != Form.INLINE
 
     async def fetch(self, row: Row) -> Document:
         """The row's document; raises RequestError (row-fatal) when it cannot be had."""
         url = row.file_url.strip()
+        if is_s3_url(url):  # a private s3:// document: fetched through a presigned URL (pipeline/presign.py)
+            try:
+                url = self._presigner.sign(url)
+            except Exception as e:  # botocore: no credentials, bad config
+                raise RowFatalError(f"cannot presign {row.file_url.strip()}: {type(e).__name__}",
+                                    error_type="invalid_request") from None  # fmt: skip
         for attempt in range(1, FETCH_ATTEMPTS + 1):
             try:
                 async with self._gate:

@@ -67,12 +67,11 @@ def resolve(form: str, url: str, document: Document | None = None) -> Form:
     return Form.FILE if document is not None else Form.INLINE
 
 
-def user_content(row: Row, *, default_template: bool) -> str | list[dict[str, Any]]:
-    """The user message's ``content`` for ``row`` in its form (a string for ``inline``)."""
-    if row.form == Form.INLINE and row.document is None:
-        return row.content
+def user_content(row: Row, *, default_template: bool, run_form: str) -> str | list[dict[str, Any]]:
+    """The user message's ``content`` for ``row`` in its form (``run_form`` when the row names
+    none; a string for ``inline``)."""
     url = row.file_url.strip()
-    form = resolve(row.form, url, row.document)
+    form = resolve(row.form or run_form, url, row.document)
     if form is Form.INLINE:
         return row.content
     text = {"type": "text", "text": row.question if default_template else row.content}

@@ -113,7 +113,7 @@ def iter_files(files: list[Path], columns: list[str] | None = None) -> Iterator[
                 for batch in iter_log(p):
                     yield batch.select(columns) if columns else batch
             else:
-                yield from pq.ParquetFile(p).iter_batches(batch_size=8192, columns=columns)
+                yield from _iter_part(pq.ParquetFile(p), columns)
         except (pa.ArrowInvalid, OSError) as e:
             raise StorageError(f"{p}: journal file is unreadable: {e}") from None
 
@@ -146,6 +146,19 @@ def iter_log(path: Path) -> Iterator[pa.RecordBatch]:
     if skipped:
         log.warning("%s: skipped %d unreadable journal line(s) (line %s%s); their rows count as not done",
                     path, len(skipped), skipped[0], ", ..." if len(skipped) > 1 else "")  # fmt: skip
+
+
+def _iter_part(pf: pq.ParquetFile, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+    """A part's records; a part written before a column existed gets it as nulls."""
+    wanted = columns if columns is not None else JOURNAL_SCHEMA.names
+    present = set(pf.schema_arrow.names)
+    if all(n in present for n in wanted):
+        yield from pf.iter_batches(batch_size=8192, columns=columns)
+        return
+    for batch in pf.iter_batches(batch_size=8192, columns=[n for n in wanted if n in present]):
+        arrays = [batch.column(n) if n in present else pa.nulls(batch.num_rows, JOURNAL_SCHEMA.field(n).type)
+                  for n in wanted]  # fmt: skip
+        yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema([JOURNAL_SCHEMA.field(n) for n in wanted]))
 
 
 def _chunks(f: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -344,6 +357,8 @@ class JournalWriter:
         record["models_tried"] = list(tried)
         record["started_at"] = round(o.started_at * 1e6)
         record["completed_at"] = round(o.completed_at * 1e6)
+        if o.doc_last_modified is not None:
+            record["doc_last_modified"] = round(o.doc_last_modified * 1e6)
         self._pending.append(self._prefix + orjson.dumps(record)[1:] + b"\n")
         self.written += 1
         self._unsynced += 1

@@ -43,6 +43,7 @@ from .forms import Form, parse_form
 from .idset import IdIndex, hash_ids
 from .records import Row
 from .schema import RESERVED_NAMES
+from .signedurl import canonical_url, ignored_names
 
 FORM_ALIASES = ("form",)
 MODEL_ALIASES = ("model",)
@@ -123,11 +124,8 @@ class Manifest:
         model = _pick(names, cfg.model_column, MODEL_ALIASES, "model", self.path)
         self.columns = Columns(url, question, ident, passthrough, output, form, model)
         self._template_fields = self._check_template(cfg.template, names)
-        hashed: list[Any] = [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE]
-        if cfg.schema is not None:  # a different answer schema is a different request (ids without one unchanged)
-            hashed.append(cfg.schema)
-        prefix = orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)
-        self._hash_prefix = prefix + b"\x1e"
+        self._hash_prefix = hash_prefix(cfg)
+        self._ignore_query = ignored_names(cfg.ignore_query)
         self.num_rows = self._prepass()
         if self.num_rows == 0:
             raise ManifestError(f"{self.path}: manifest has a header but no rows")
@@ -259,14 +257,17 @@ class Manifest:
         return self.cfg.template.format_map({k: "" if v is None else v for k, v in values.items()})
 
     def request_id_for(self, content: str) -> str:
-        return hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=16).hexdigest()
+        return request_id(self._hash_prefix, content)
 
-    def models(self) -> set[str]:
-        """Every model a row of this manifest names (the model column's distinct values)."""
-        c = self.columns
-        if c.model is None:
-            return set()
-        return _distinct(self._raw_batches([c.model] if self.format == "parquet" else None), c.model)
+    def reuse_key_for(self, url: str, content: str) -> int:
+        """The request's identity for reuse (pipeline/reuse.py): the request_id's hash with the
+        signed URL parameters of ``[reuse] ignore_query`` left out of ``url``, as a signed 64-bit int."""
+        if "?" in url:
+            canonical = canonical_url(url, self._ignore_query)
+            if canonical != url:
+                content = content.replace(url, canonical)
+        digest = hashlib.blake2b(self._hash_prefix + content.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "little", signed=True)
 
     def views(self) -> Iterator[tuple[pa.RecordBatch, pa.Array[Any], list[str]]]:
         """Yield (batch, request_ids, contents) for every manifest row in scope
@@ -323,6 +324,7 @@ class Manifest:
             questions = _as_text(batch.column(c.question))
             row_index = batch.column("__row_index").to_pylist()
             forms, models = _routes(batch, c, self.cfg)
+            embed = self.cfg.embed
             out = []
             for i in positions:
                 url, q = urls[i], questions[i]
@@ -334,11 +336,26 @@ class Manifest:
                         question=q,
                         content=contents[i],
                         invalid=_invalid(url, q) or _invalid_form(forms[i]),
+                        reuse_key=self.reuse_key_for(url.strip(), _identity(contents[i], forms[i], models[i], embed)),
                         model=models[i],
                         form=forms[i],
                     )
                 )
             yield out
+
+
+def hash_prefix(cfg: JobConfig) -> bytes:
+    """What a hashed request_id covers besides the message content: model, system
+    message, parameters, whether a template is used, the answer schema."""
+    hashed: list[Any] = [cfg.model, cfg.system, dict(sorted(cfg.params.items())), cfg.template != DEFAULT_TEMPLATE]
+    if cfg.schema is not None:  # a different answer schema is a different request (ids without one unchanged)
+        hashed.append(cfg.schema)
+    return orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS) + b"\x1e"
+
+
+def request_id(prefix: bytes, content: str) -> str:
+    """The hashed request_id of a message ``content`` under :func:`hash_prefix`."""
+    return hashlib.blake2b(prefix + content.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def _as_text(col: pa.Array[Any] | pa.ChunkedArray[Any]) -> list[str]:
@@ -353,7 +370,11 @@ def _invalid(url: str, question: str) -> str | None:
         return "file_url is empty"
     if any(ch.isspace() for ch in u):
         return f"file_url contains a space: {u[:80]!r}"
-    if not u.lower().startswith(("http://", "https://")) or not urlsplit(u).netloc:
+    if u.lower().startswith("s3://"):  # a private document: presigned before each attempt (pipeline/presign.py)
+        parts = urlsplit(u)
+        if not parts.netloc or not parts.path.strip("/"):
+            return f"file_url is not an s3://bucket/key URL: {u[:80]!r}"
+    elif not u.lower().startswith(("http://", "https://")) or not urlsplit(u).netloc:
         return f"file_url is not an http(s) URL: {u[:80]!r}"
     if not question.strip():
         return "question is empty"
@@ -392,11 +413,15 @@ def _identity(content: str, form: str, model: str | None, embed: bool) -> str:
     return content + "\x1f" + orjson.dumps([form, model, embed]).decode()
 
 
-def _distinct(batches: Iterator[pa.RecordBatch], column: str) -> set[str]:
+def manifest_models(m: Manifest) -> set[str]:
+    """Every model a row of the manifest names (the model column's distinct values)."""
+    column = m.columns.model
+    if column is None:
+        return set()
     import pyarrow.compute as pc  # only with a model column
 
     found: set[str] = set()
-    for batch in batches:
+    for batch in m._raw_batches([column] if m.format == "parquet" else None):
         values = pc.unique(batch.column(column).cast(pa.string())).to_pylist()
         found.update(v.strip() for v in values if v is not None and v.strip())
     return found

@@ -57,6 +57,10 @@ class ModelRouter:
         #: every model the run can use: when all are unserved the run stops
         self.run_models = frozenset({cfg.model, *cfg.fallback_models, *manifest_models})
 
+    def join(self, models: Iterable[str]) -> None:
+        """Add the models a manifest's rows name to those the run can use."""
+        self.run_models = self.run_models | frozenset(models)
+
     def chain(self, row: Row) -> list[str]:
         """The models ``row`` asks, in order."""
         return list(dict.fromkeys((row.model or self.cfg.model, *self.cfg.fallback_models)))

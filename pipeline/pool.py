@@ -26,10 +26,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .control import StopControl
 from .records import Failure, Outcome, Row, make_outcome
+
+if TYPE_CHECKING:
+    from .incremental import Gate
 
 log = logging.getLogger("docpipe")
 
@@ -56,8 +59,10 @@ class Pool:
         stop: StopControl,
         concurrency: int,
         grace_period: float,
+        gate: Gate | None = None,
     ) -> None:
         self.batches = batches
+        self.gate = gate  # repeats, reuse and document metadata (pipeline/incremental.py)
         self.send = send
         self.record = record
         self.stop = stop
@@ -121,6 +126,12 @@ class Pool:
     async def _produce(self) -> None:
         try:
             for rows in self.batches:
+                if self.gate is not None:
+                    if self.stop.is_set:
+                        return
+                    await self.gate.admit(rows, self.queue)
+                    await asyncio.sleep(0)
+                    continue
                 for row in rows:
                     if self.stop.is_set:
                         return
@@ -134,6 +145,8 @@ class Pool:
             # workers wait on the queue: without a stop they would wait for ever
             self.stop.request(f"reading the manifest failed: {e}")
             raise
+        if self.gate is not None:
+            await self.gate.settle()  # rows parked on their document's HEAD are queued or reused first
         for _ in range(self.workers):
             await self.queue.put(None)
 
@@ -147,7 +160,11 @@ class Pool:
             finally:
                 self.seated -= 1
                 self._wake()
-            if outcome is not None:
+            if outcome is None:
+                continue
+            if self.gate is not None:
+                self.gate.finish(row, outcome)
+            else:
                 self.record(outcome)
 
     async def _take_seat(self) -> bool:

@@ -33,9 +33,10 @@ class Row:
     question: str
     content: str  # the user message as it will be sent (template applied)
     invalid: str | None = None  # why the row cannot be sent, if it cannot
+    reuse_key: int | None = None  # the request's identity for reuse (pipeline/reuse.py)
     # issue 15 (pipeline/forms.py, models.py, embed.py)
     model: str | None = None  # the model to ask; None: the run's model
-    form: str = "inline"  # inline | image_url | file | auto: how the document is sent
+    form: str | None = None  # inline | image_url | file | auto: how the document is sent; None: the run's
     document: Document | None = None  # the fetched bytes (--embed), only while the row is in flight
 
 
@@ -89,6 +90,12 @@ class Outcome:
     response_id: str | None
     gateway_request_id: str | None
     cost_usd: float | None
+    # incremental nights (pipeline/reuse.py, pipeline/docmeta.py)
+    reused_from: str | None = None  # the run that paid for a copied-forward answer
+    doc_etag: str | None = None
+    doc_last_modified: float | None = None  # epoch seconds
+    doc_bytes: int | None = None
+    reuse_key: int | None = None
     model: str | None = None  # the model that answered (or was asked last); None: the run's model
     models_tried: tuple[str, ...] | None = None  # in order, ending with ``model`` (fallbacks)
 
@@ -138,6 +145,9 @@ class RunSummary:
     results_file: str | None = None
     #: outcomes durable in the journal (what a rerun keeps even when results_file is None)
     journal_outcomes: int = 0
+    #: rows whose answer was copied forward from an earlier run (--reuse), and what they had cost
+    reused: int = 0
+    cost_saved_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,5 +195,6 @@ def make_outcome(
         response_id=c.response_id if c else None,
         gateway_request_id=c.gateway_request_id if c else (f.gateway_request_id if f else None),
         cost_usd=cost,
+        reuse_key=row.reuse_key,
         model=row.model,
     )

@@ -178,6 +178,14 @@ def format_summary(s: RunSummary) -> str:
         f"rows: {s.rows_total} total, {s.ok} ok, {s.failed} failed, {s.pending} pending "
         f"({s.sent_this_run} answered this run in {s.requests} requests)",
         f"tokens: {s.prompt_tokens} prompt + {s.completion_tokens} completion = {s.total_tokens}{cost}",
+        *(
+            [
+                f"reused: {s.reused} rows from earlier runs, no request"
+                + (f", saving ${s.cost_saved_usd:.4f}" if s.cost_saved_usd is not None else "")
+            ]
+            if s.reused
+            else []
+        ),
         f"time: {s.elapsed_s:.1f} s, concurrency {s.concurrency_final} (max in flight {s.max_in_flight})",
     ]
     if s.errors_by_type:

@@ -32,17 +32,18 @@ from typing import Any
 
 from .arrowutil import string_scalar
 from .budget import BudgetGuard, check_before_start, estimate_rows
-from .client import GatewayClient
 from .config import JobConfig, seconds_until
 from .control import StopControl
 from .embed import DocumentFetcher
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
+from .incremental import Gate, doc_heads, reuse_index
 from .journal import JournalWriter
 from .limits import Breaker, Pacer
-from .manifest import Manifest
+from .manifest import Manifest, manifest_models
 from .memory import release_memory
 from .models import ModelRouter
 from .pool import Pool
+from .presign import PresigningClient  # s3:// documents presigned per attempt; others untouched
 from .records import Outcome, RunSummary
 from .report import ProgressDisplay
 from .rundir import RunDir
@@ -79,8 +80,7 @@ class Run:
         )
         self.journal: JournalWriter | None = None  # opened once the folder's lock is held
         self.asker = asker_for(cfg)  # structured answers: the schema's columns, checks and the run's mode
-        self.models = ModelRouter(cfg, self.pacer.breaker)  # per-model state; the manifest's models join at start
-        self.fetcher = DocumentFetcher(cfg)  # --embed
+        self.models, self.fetcher = ModelRouter(cfg, self.pacer.breaker), DocumentFetcher(cfg)  # models, --embed
         self._signals = 0
 
     # -- the run -----------------------------------------------------------------
@@ -102,7 +102,7 @@ class Run:
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
-        self.models = ModelRouter(cfg, self.pacer.breaker, await asyncio.to_thread(manifest.models))
+        self.models.join(await asyncio.to_thread(manifest_models, manifest))  # a model column's models
         prior, reused, skip_prior = _prior(self.run_dir, manifest, cfg, self.asker)
         skip = self.run_dir.skip_index(cfg.retry_failed, skip_prior)
         prior_counts = _prior_counts(prior, cfg.retry_failed)
@@ -114,19 +114,25 @@ class Run:
             why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
             if why:
                 raise UsageError(f"{why}; nothing was sent")
+        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self.stop.request(str(e))
         self._write_info(self.record.running())
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
         with self._signal_handlers():
-            async with GatewayClient(cfg) as client, self.fetcher, self._background():
+            async with PresigningClient(cfg) as client, doc_heads(cfg) as heads, self.fetcher, self._background():
                 sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker,
                                    models=self.models, fetcher=self.fetcher)  # fmt: skip
+                gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
+                            stop=self.stop, heads=heads, index=index)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
-                            concurrency=cfg.concurrency, grace_period=cfg.grace_period)  # fmt: skip
+                            concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
                 producer_error = await pool.run()
+                await gate.close()
+                self.record.doc_meta = dict(heads.counts) if heads is not None else None
+        del pool, gate, index  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
         summary = await self._finish(manifest)
         if producer_error is not None:  # everything answered is kept; now say what broke
             raise producer_error
@@ -140,6 +146,14 @@ class Run:
             self.stop.request(str(e))
             return
         self.record.add(outcome)
+
+    def _amend(self, outcome: Outcome) -> None:
+        """Journal a second record of an outcome already counted (its document metadata came later)."""
+        assert self.journal is not None
+        try:
+            self.journal.add(outcome)
+        except StorageError as e:
+            self.stop.request(str(e))
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""
@@ -261,7 +275,7 @@ class Run:
         if self.progress is not None:
             coros.append(self._tick(self.progress))
         if cfg.deadline or cfg.max_runtime:
-            coros.append(self._deadline())
+            coros.append(_deadline(cfg, self.stop))
         tasks = [asyncio.create_task(c) for c in coros]
         try:
             yield
@@ -285,21 +299,22 @@ class Run:
             self.record.sample(self.pacer.slots)
             await asyncio.sleep(interval)
 
-    async def _deadline(self) -> None:
-        cfg = self.cfg
-        waits = []
-        if cfg.max_runtime:
-            waits.append((cfg.max_runtime, f"max runtime {cfg.max_runtime:g} s reached"))
-        if cfg.deadline:
-            waits.append((seconds_until(cfg.deadline, datetime.now()), f"deadline {cfg.deadline} reached"))
-        delay, reason = min(waits)
-        await asyncio.sleep(max(0.0, delay))
-        self.stop.request(reason)
-
     async def _tick(self, display: ProgressDisplay) -> None:
         while True:
             await asyncio.sleep(display.interval)
             display.update(self.record.snapshot(self.pacer.slots))
+
+
+async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
+    """Stop the run at ``--deadline`` or after ``--max-runtime``, whichever comes first."""
+    waits = []
+    if cfg.max_runtime:
+        waits.append((cfg.max_runtime, f"max runtime {cfg.max_runtime:g} s reached"))
+    if cfg.deadline:
+        waits.append((seconds_until(cfg.deadline, datetime.now()), f"deadline {cfg.deadline} reached"))
+    delay, reason = min(waits)
+    await asyncio.sleep(max(0.0, delay))
+    stop.request(reason)
 
 
 def _write_report(run_dir: RunDir) -> None:
@@ -397,6 +412,10 @@ def run(cfg: JobConfig | None = None, *, display: ProgressDisplay | None = None,
         cfg = cfg.replace(**settings)
     if display is None:
         display = make_progress(cfg.progress, cfg.progress_interval)
+    if cfg.engine != "asyncio" or "://" in f"{cfg.manifest}{cfg.out}":  # Ray, object storage: pipeline/staging.py
+        from .staging import dispatch
+
+        return dispatch(cfg, display=display, install_signals=install_signals)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -8,6 +8,7 @@ or less, than an analyst will find.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from .errors import ExitCode
 from .limits import AdaptiveLimit
 from .records import Ended, Outcome, RunSummary, Snapshot, Status
 
-_COUNTED = ["status", "error_type", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"]
+_COUNTED = ["status", "error_type", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "reused_from"]
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,30 @@ class Counts:
     total_tokens: int = 0
     cost_usd: float = 0.0
     errors_by_type: dict[str, int] = field(default_factory=dict)
+    #: rows copied forward from an earlier run (--reuse): not in the token and cost sums above
+    reused: int = 0
+    cost_saved_usd: float = 0.0
 
     @classmethod
     def of(cls, table: pa.Table) -> Counts:
-        """Counts of a table with the :data:`_COUNTED` columns."""
+        """Counts of a table with the :data:`_COUNTED` columns (``reused_from`` may be missing:
+        tables written before it existed)."""
         import pyarrow.compute as pc  # at the end of a run only
 
         if table.num_rows == 0:
             return cls()
+        if "reused_from" in table.column_names and table["reused_from"].null_count < table.num_rows:
+            copied = pc.is_valid(table["reused_from"])
+            reused = int(pc.sum(pc.cast(copied, pa.int64())).as_py() or 0)
+            saved = pc.sum(table.filter(copied)["cost_usd"]).as_py() or 0.0
+            base = cls._of(table.filter(pc.invert(copied)))
+            return dataclasses.replace(base, ok=base.ok + reused, reused=reused, cost_saved_usd=saved)
+        return cls._of(table)
+
+    @classmethod
+    def _of(cls, table: pa.Table) -> Counts:
+        import pyarrow.compute as pc
+
         ok = int(pc.sum(pc.cast(pc.equal(table["status"], string_scalar(Status.OK.value)), pa.int64())).as_py() or 0)
         counted = pc.value_counts(table["error_type"].drop_null())
         values, counts = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
@@ -63,7 +80,8 @@ class Counts:
 
 def results_counts(path: Any) -> Counts:
     # ParquetFile, not read_table: the dataset layer read_table goes through imports pandas
-    return Counts.of(pq.ParquetFile(path).read(columns=_COUNTED))
+    pf = pq.ParquetFile(path)
+    return Counts.of(pf.read(columns=[c for c in _COUNTED if c in pf.schema_arrow.names]))
 
 
 def exit_for(stopped: bool, failed: int, pending: int) -> tuple[Ended, ExitCode]:
@@ -95,6 +113,7 @@ class RunRecord:
         #: failed attempts by error_type (rows may retry and end ok: these are not row counts)
         self.attempt_errors: dict[str, int] = {}
         self.timeline = Timeline()
+        self.doc_meta: dict[str, int] | None = None  # HEADs sent, ranged GETs, failures (pipeline/docmeta.py)
 
     def begin(self, rows_total: int, prior: Counts) -> None:
         self.rows_total = rows_total
@@ -107,6 +126,13 @@ class RunRecord:
 
     def add(self, outcome: Outcome) -> None:
         self.this_run.add(outcome)
+
+    def add_repeats(self, status: Status, n: int) -> None:
+        """``n`` rows that repeat a request answered this run (pipeline/dedupe.py) got its outcome."""
+        if status == Status.OK:
+            self.this_run.ok += n
+        else:
+            self.this_run.failed += n
 
     def attempt_failed(self, error_type: str) -> None:
         self.attempt_errors[error_type] = self.attempt_errors.get(error_type, 0) + 1
@@ -204,6 +230,8 @@ class RunRecord:
             max_in_flight=slots.max_seen if slots else 0,
             results_file=results_file,
             journal_outcomes=journal,
+            reused=c.reused,
+            cost_saved_usd=c.cost_saved_usd if self.cfg.has_prices else None,
         )
 
     def info(self, summary: RunSummary) -> dict[str, Any]:
@@ -221,7 +249,9 @@ class RunRecord:
                 "prompt_tokens": t.prompt_tokens,
                 "completion_tokens": t.completion_tokens,
                 "total_tokens": t.total_tokens,
+                "reused": t.reused,
             },
+            "doc_meta": self.doc_meta,
             "timings": dict(self.timings),
             "attempt_errors": dict(self.attempt_errors),
             "timeline": self.timeline.points(),
@@ -256,10 +286,12 @@ class Timeline:
 class _Tally:
     """Counters of the outcomes this run produced (one add per outcome, on the hot path)."""
 
-    __slots__ = ("completion_tokens", "cost_usd", "errors", "failed", "ok", "prompt_tokens", "total_tokens")
+    __slots__ = ("completion_tokens", "cost_saved", "cost_usd", "errors", "failed", "ok", "prompt_tokens", "reused",
+                 "total_tokens")  # fmt: skip
 
     def __init__(self) -> None:
-        self.ok = self.failed = 0
+        self.ok = self.failed = self.reused = 0
+        self.cost_saved = 0.0
         self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
         self.cost_usd = 0.0
         self.errors: dict[str, int] = {}
@@ -269,6 +301,11 @@ class _Tally:
         return self.ok + self.failed
 
     def add(self, o: Outcome) -> None:
+        if o.reused_from is not None:  # copied forward: paid by an earlier run, not spent tonight
+            self.ok += 1
+            self.reused += 1
+            self.cost_saved += o.cost_usd or 0.0
+            return
         if o.status == Status.OK:
             self.ok += 1
             self.prompt_tokens += o.prompt_tokens or 0
@@ -293,4 +330,6 @@ class _Tally:
             total_tokens=prior.total_tokens + self.total_tokens,
             cost_usd=prior.cost_usd + self.cost_usd,
             errors_by_type=errors,
+            reused=prior.reused + self.reused,
+            cost_saved_usd=prior.cost_saved_usd + self.cost_saved,
         )

@@ -45,6 +45,12 @@ _JOURNAL_FIELDS: list[pa.Field[Any]] = [
     pa.field("gateway_request_id", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("cost_usd", pa.float64()),
+    # incremental nights (pipeline/reuse.py, pipeline/docmeta.py)
+    pa.field("reused_from", pa.string()),
+    pa.field("doc_etag", pa.string()),
+    pa.field("doc_last_modified", TS),
+    pa.field("doc_bytes", pa.int64()),
+    pa.field("reuse_key", pa.int64()),
     # fallbacks (pipeline/models.py): the models a row was asked of, in order, ending with `model`
     pa.field("models_tried", pa.list_(pa.string())),
 ]
@@ -53,8 +59,12 @@ JOURNAL_SCHEMA = pa.schema(_JOURNAL_FIELDS)
 #: The first columns of results.parquet, taken from the manifest row.
 INPUT_COLUMNS: tuple[str, ...] = ("request_id", "file_url", "question")
 
-#: Columns of results.parquet after the input and passthrough ones (row_index is journal-only).
-OUTCOME_COLUMNS: list[str] = [n for n in JOURNAL_SCHEMA.names if n not in ("request_id", "row_index")]
+#: Journal columns results.parquet does not show: row_index, and reuse_key (the request's
+#: identity for reuse, signed URL parameters left out: pipeline/reuse.py).
+JOURNAL_ONLY: tuple[str, ...] = ("row_index", "reuse_key")
+
+#: Columns of results.parquet after the input and passthrough ones.
+OUTCOME_COLUMNS: list[str] = [n for n in JOURNAL_SCHEMA.names if n not in ("request_id", *JOURNAL_ONLY)]
 
 #: Output names a manifest's passthrough column must not take (it is renamed ``input_<name>``).
 RESERVED_NAMES: frozenset[str] = frozenset(INPUT_COLUMNS) | frozenset(OUTCOME_COLUMNS)
@@ -66,6 +76,7 @@ NULLABLE_INTS: dict[str, str] = {
     "total_tokens": "Int64",
     "http_status": "Int16",
     "attempts": "Int16",
+    "doc_bytes": "Int64",
 }
 
 

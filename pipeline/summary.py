@@ -67,7 +67,7 @@ DiffKey = Literal["request_id", "content"]
 TOP = 10
 _SUMMARY_COLUMNS = ["request_id", "file_url", "status", "error_type", "error_message", "http_status",
                     "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms",
-                    "attempts", "run_id"]  # fmt: skip
+                    "attempts", "run_id", "reused_from"]  # fmt: skip
 _DIFF_COLUMNS = ["request_id", "file_url", "question", "answer", "status", "prompt_tokens",
                  "completion_tokens", "total_tokens", "cost_usd", "model"]  # fmt: skip
 _DIFF_KEYS: dict[str, list[str]] = {"request_id": ["request_id"], "content": ["file_url", "question"]}
@@ -191,6 +191,10 @@ class SummaryReport(JsonRecord):
     failed_rows: int
     failed: tuple[FailedRow, ...]  # the first TOP in file order
     fields: tuple[AnswerField, ...] = ()  # structured-answer columns, when the job had a schema
+    #: rows copied forward from an earlier run (--reuse), not in ``tokens`` and ``cost_usd``,
+    #: and what they had cost when they were asked (None: no prices)
+    reused: int = 0
+    cost_saved_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,14 +415,18 @@ def summarize(paths: Sequence[str | os.PathLike[str]]) -> SummaryReport:
         sources.append(Source(path=str(p), rows=len(df), run_ids=tuple(r.run_id for r in refs)))
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     failed = df[df["status"] != "ok"]
-    cost = df["cost_usd"]
+    copied = df["reused_from"].notna()
+    paid = df[~copied]  # what tonight spent: copied-forward rows were paid by an earlier run
+    cost, saved = paid["cost_usd"], df.loc[copied, "cost_usd"]
     return SummaryReport(
         sources=tuple(sources),
         rows=len(df),
         status={_row_status(k): n for k, n in _counts(df["status"]).items()},
         error_types=_counts(df["error_type"]),
-        tokens=TokenTotals(*(int(df[f"{k}_tokens"].sum()) for k in _TOKEN_KINDS)),
+        tokens=TokenTotals(*(int(paid[f"{k}_tokens"].sum()) for k in _TOKEN_KINDS)),
         cost_usd=float(cost.sum()) if cost.notna().any() else None,
+        reused=int(copied.sum()),
+        cost_saved_usd=float(saved.sum()) if saved.notna().any() else None,
         latency_ms=_latency(df["latency_ms"]),
         throughput=_throughput(df, runs),
         attempts=dict(sorted((int(k), n) for k, n in _counts(df["attempts"]).items())),
@@ -527,6 +535,9 @@ def format_summary_report(r: SummaryReport) -> str:
     t = r.tokens
     cost = f"; cost ${r.cost_usd:.4f}" if r.cost_usd is not None else ""
     lines.append(f"tokens: {t.prompt} prompt + {t.completion} completion = {t.total}{cost}")
+    if r.reused:
+        saved = f", saving ${r.cost_saved_usd:.4f}" if r.cost_saved_usd is not None else ""
+        lines.append(f"reused: {r.reused} rows copied forward from earlier runs (not in the tokens above){saved}")
     lat = r.latency_ms
     if lat.rows:
         lines.append(f"latency: p50 {_na(lat.p50)} ms, p95 {_na(lat.p95)} ms, p99 {_na(lat.p99)} ms "

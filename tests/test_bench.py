@@ -102,7 +102,7 @@ def test_client_peak_rss_is_its_own_not_this_processs(tmp_path: Path) -> None:
 
 def test_scenarios_are_the_issue_targets() -> None:
     assert set(SCENARIOS) == {"little-100", "little-1000", "faults", "cpu", "memory", "resume", "compaction",
-                              "faults-unkind", "random-429", "capacity", "startup", "memory-10k"}  # fmt: skip
+                              "faults-unkind", "random-429", "capacity", "startup", "memory-10k", "ray"}  # fmt: skip
     assert set(JUDGES) == set(SCENARIOS)
     # memory, resume and compaction share one 1M run, measured once per invocation
     assert SCENARIOS["memory"]["1M"] is SCENARIOS["resume"]["1M"] is SCENARIOS["compaction"]["1M"]

@@ -88,6 +88,16 @@ SETTINGS: list[tuple[str, tuple[str, str] | None, Any, Any, Any, str]] = [
     ("schema_mode", ("output", "mode"), "instructions", "instructions", "json",
      "expected one of auto, response_format, instructions"),
     ("schema_retries", ("output", "schema_retries"), 3, 3, 11, "expected an integer from 0 to 10"),
+    ("max_age", ("reuse", "max_age"), "7d", 604800.0, "a week", "expected a duration"),
+    ("doc_meta", ("reuse", "doc_meta"), False, False, "maybe", "expected true or false"),
+    ("head_timeout", ("reuse", "head_timeout"), "2s", 2.0, 0, "greater than 0"),
+    ("head_concurrency", ("reuse", "head_concurrency"), 8, 8, 0, "expected an integer from 1 to 10000"),
+    ("ignore_query", ("reuse", "ignore_query"), ["sig", "exp"], ("sig", "exp"), [""],
+     "expected a list of query parameter names"),
+    ("engine", ("run", "engine"), "ray", "ray", "spark", "expected one of asyncio, ray"),
+    ("ray_address", ("ray", "address"), "ray://head:10001", "ray://head:10001", "", "expected non-empty text"),
+    ("ray_actors", ("ray", "actors"), 8, 8, 0, "expected an integer from 1 to 1024"),
+    ("presign_ttl", ("storage", "presign_ttl"), "15m", 900.0, 700000, "at most 7 days"),
     # generation parameters: cfg.params
     ("temperature", ("request", "temperature"), 0, 0, 2.5, "expected a number from 0 to 2"),
     ("top_p", ("request", "top_p"), 0.9, 0.9, 1.5, "from 0 to 1"),
@@ -99,8 +109,9 @@ SETTINGS: list[tuple[str, tuple[str, str] | None, Any, Any, Any, str]] = [
     ("user", ("request", "user"), "nightly", "nightly", 5, "expected non-empty text"),
 ]
 # fmt: on
-# the paths (manifest, out, api_key_file) and params have tests of their own; schema in test_structured_spec.py
-COVERED = {s[0] for s in SETTINGS} | {"manifest", "out", "params", "schema"}
+# the paths (manifest, out, api_key_file, cache_dir) and params have tests of their own; schema in
+# test_structured_spec.py; cache_dir in test_objstore.py; reuse (paths relative to the job file) in test_reuse.py
+COVERED = {s[0] for s in SETTINGS} | {"manifest", "out", "params", "schema", "cache_dir", "reuse"}
 IN_JOB_FILES = [s for s in SETTINGS if s[1] is not None]
 
 
@@ -423,13 +434,15 @@ def test_openai_base_url_is_read_when_nothing_else_sets_the_base_url(tmp_path: P
         ("2", 2.0),
         ("0.25", 0.25),
         (" 10M ", 600.0),
+        ("7d", 604800.0),  # --max-age 7d (issue 12)
+        ("1d12h", 129600.0),
     ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "h", "5 hours", "1h30", "-5s", "-1", "inf", "nan", "1d", "s5", "1..5s"])
+@pytest.mark.parametrize("text", ["", "h", "5 hours", "1h30", "-5s", "-1", "inf", "nan", "1w", "s5", "1..5s"])
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)

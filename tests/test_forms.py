@@ -133,7 +133,9 @@ def test_embed_sends_the_bytes_as_data_urls_and_refuses_a_document_over_the_limi
 
 def test_embed_of_a_missing_document_fails_the_row_without_a_chat_request(tmp_path: Path, sim) -> None:
     server = sim(record_bodies=True)
-    manifest = write_csv(tmp_path / "m.csv", _rows([_doc(server, "missing.png", 10), _doc(server, "ok.png", 10)]))
+    manifest = write_csv(
+        tmp_path / "m.csv", _rows([_doc(server, "gone.png", 10) + "&status=404", _doc(server, "ok.png", 10)])
+    )
     summary = run(fast_config(manifest, tmp_path / "out", server, form="image_url", embed=True))
     assert (summary.ok, summary.failed, server.stats()["requests"]) == (1, 1, 1)
     df = pd.read_parquet(tmp_path / "out")

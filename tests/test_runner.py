@@ -21,7 +21,10 @@ from .conftest import ROOT, TEST_KEY, fast_config, make_rows, write_csv
 _LIBRARY_CHECK = """
 import asyncio, os, sys
 {first}
-before = (list(sys.meta_path), os.umask(0o022), asyncio.get_event_loop_policy())
+# six's importer: python-dateutil < 3 (botocore pins it) imports six, which adds one, when pandas
+# is first imported below; a third party's, not docpipe's
+hooks = lambda: [h for h in sys.meta_path if type(h).__module__ != "six"]
+before = (hooks(), os.umask(0o022), asyncio.get_event_loop_policy())
 os.umask(before[1])
 import pyarrow as pa
 pool = pa.default_memory_pool().backend_name
@@ -32,7 +35,7 @@ import pandas as pd
 arr = pa.array(pd.Series([1, None, 3], dtype="Int64"))
 assert arr.null_count == 1 and arr.type == pa.int64()
 mask = os.umask(0o022); os.umask(mask)
-assert (list(sys.meta_path), mask, asyncio.get_event_loop_policy()) == before, "process state changed"
+assert (hooks(), mask, asyncio.get_event_loop_policy()) == before, "process state changed"
 assert pa.default_memory_pool().backend_name == pool, "memory pool changed"
 print("fine")
 """

@@ -50,7 +50,7 @@ def test_pandas_metadata_names_the_installed_pandas_not_a_fixed_version() -> Non
     assert meta["creator"] == {"library": "pyarrow", "version": pa.__version__}
     assert {c["name"]: c["numpy_type"] for c in meta["columns"]} == {
         "prompt_tokens": "Int64", "completion_tokens": "Int64", "total_tokens": "Int64",
-        "http_status": "Int16", "attempts": "Int16",
+        "http_status": "Int16", "attempts": "Int16", "doc_bytes": "Int64",
     }  # fmt: skip
 
 

@@ -348,7 +348,8 @@ def test_records_serialise_to_the_documented_json_keys(tmp_path: Path) -> None:
     s = summarize([a])
     assert isinstance(s, SummaryReport)
     assert list(s.to_dict()) == ["sources", "rows", "status", "error_types", "tokens", "cost_usd", "latency_ms",
-                                 "throughput", "attempts", "slowest", "failed_rows", "failed", "fields"]  # fmt: skip
+                                 "throughput", "attempts", "slowest", "failed_rows", "failed", "fields", "reused",
+                                 "cost_saved_usd"]  # fmt: skip
     assert list(s.to_dict()["sources"][0]) == ["path", "rows", "run_ids"]
     assert list(s.to_dict()["latency_ms"]) == ["rows", "p50", "p95", "p99"]
     assert list(s.to_dict()["slowest"][0]) == ["request_id", "file_url", "latency_ms", "attempts", "status"]

@@ -21,7 +21,6 @@ Modules
                response_format gate; ``structured_kinds`` names the faults
 ``chat``       the chat handler: gates, then latency / hang, then the planned answer
 ``handlers``   models, billing, token usage, /_sim control plane
-``files``      GET /files/{name}: deterministic documents to fetch (``--embed``)
 ``server``     make_app, serve, SimServer (a thread of its own)
 
 Endpoints (base URL ``http://HOST:PORT/v1``)
@@ -46,7 +45,7 @@ Endpoints (base URL ``http://HOST:PORT/v1``)
 ``GET /_sim/bodies``
     The chat request bodies received, in arrival order, when ``record_bodies`` is set.
 ``GET /files/{name}?bytes=N``
-    A document host for ``--embed``: deterministic bytes (:mod:`.files`, :func:`file_bytes`).
+    A document of N deterministic bytes for ``--embed`` (:mod:`.files`, :func:`file_bytes`).
 Any other path (e.g. ``POST /chat/completions``, a base URL without ``/v1``)
     aiohttp's plain-text ``404: Not Found``, like a web server that is no gateway.
 

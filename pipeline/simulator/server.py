@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import files
 from . import handlers as h
 from .chat import chat
 from .config import SimConfig
+from .files import FILES, Files, files_get, files_post, serve_file
 from .state import STATE, State
 
 _SHUTDOWN_GRACE_S = 0.5
@@ -51,7 +51,10 @@ def make_app(config: SimConfig) -> web.Application:
     add.add_post("/_sim/config", h.sim_config_post)
     add.add_post("/_sim/reset", h.sim_reset)
     add.add_get("/_sim/bodies", h.sim_bodies)
-    files.add_routes(app)  # documents to fetch (--embed)
+    app[FILES] = Files()  # documents to HEAD (pipeline/simulator/files.py)
+    add.add_get("/files/{name:.*}", serve_file)  # HEAD too
+    add.add_get("/_sim/files", files_get)
+    add.add_post("/_sim/files", files_post)
     return app
 
 
@@ -203,6 +206,21 @@ class SimServer:
     def reset(self) -> None:
         """Zero the counters, like ``POST /_sim/reset``."""
         self._in_loop(self._state.reset)
+
+    def files(self, **control: Any) -> dict[str, Any]:
+        """Like ``POST /_sim/files`` (change documents, set modes, ``reset``); returns the counters."""
+        files = self._app[FILES]
+
+        def apply() -> dict[str, Any]:
+            files.control(control)
+            return files.snapshot()
+
+        return self._in_loop(apply)
+
+    @property
+    def files_url(self) -> str:
+        """Where the simulated documents are: ``files_url + "/NAME"``."""
+        return f"http://{self.host}:{self.port}/files"
 
     def reset_window(self) -> None:
         """Like POST /_sim/stats/window."""

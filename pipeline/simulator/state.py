@@ -98,7 +98,6 @@ class State:
         # key -> the earliest time its next attempt may arrive (a Retry-After 429 was sent)
         self.retry_due: dict[int, float] = {}
         self.retry_after: dict[str, float] = {}
-        self.file_requests = 0  # GET /files/... (documents for --embed: .files)
         self.reset()
 
     def set_config(self, config: SimConfig) -> None:
@@ -126,7 +125,6 @@ class State:
         self.timeline = []
         self.retry_due = {}
         self.retry_after = {"sent": 0, "checked": 0, "violations": 0, "min_slack_s": math.inf}
-        self.file_requests = 0
 
     def reset_window(self) -> None:
         """Start a new max-in-flight window (``POST /_sim/stats/window``)."""
@@ -195,7 +193,6 @@ class State:
         slack = self.retry_after["min_slack_s"]
         return {
             "requests": self.requests,
-            "file_requests": self.file_requests,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "max_in_flight_window": self.max_in_flight_window,

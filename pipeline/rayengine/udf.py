@@ -1,0 +1,178 @@
+"""The class UDF of ``map_batches``: docpipe's own row sender inside a Ray actor.
+
+Each actor holds one :class:`~pipeline.presign.PresigningClient` (one aiohttp session),
+one :class:`~pipeline.limits.Pacer` with the actor's share of the limits
+(:mod:`pipeline.rayengine.shares`), and a :class:`~pipeline.sender.RowSender`, all
+made on the actor's event loop at its first batch. ``__call__`` is a coroutine, so
+Ray Data runs several batches of one actor at once, and every row of a batch is sent
+concurrently: the pacer, not the batch size, bounds what is in flight.
+
+A row never raises: it comes back as an outcome (``ok`` or ``failed``, the columns
+of :data:`~pipeline.schema.JOURNAL_SCHEMA`), or, when the job stopped before it was
+answered, not at all (it stays pending and a rerun sends it). A stop anywhere (bad
+key, empty quota, the breaker, the driver's signal or deadline) goes through the
+:class:`~pipeline.rayengine.board.Board` actor: the actor that met it tells the
+board, every actor asks it four times a second and stops dispatching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ..budget import BudgetGuard
+from ..config import JobConfig
+from ..control import StopControl
+from ..errors import RunFatalError
+from ..limits import Breaker, Pacer
+from ..manifest import _invalid as invalid_reason
+from ..pool import invalid_outcome
+from ..presign import PresigningClient
+from ..records import Outcome, Row
+from ..runrecord import RunRecord
+from ..schema import JOURNAL_SCHEMA, OUTCOME_COLUMNS, TS
+from ..sender import RowSender
+from ..structured.ask import asker_for
+
+log = logging.getLogger("docpipe")
+
+#: Columns the sender reads besides request_id, file_url and question (dropped from the output).
+ROW_INDEX = "__row_index"
+CONTENT = "__content"
+#: How often an actor exchanges stop reasons with the board (seconds).
+BOARD_POLL_S = 0.25
+
+
+@dataclass(slots=True)
+class _Actor:
+    """What one actor builds at its first batch."""
+
+    client: PresigningClient
+    pacer: Pacer
+    stop: StopControl
+    sender: RowSender
+    poll: asyncio.Task[None]
+
+
+class SenderUDF:
+    """``ds.map_batches(SenderUDF, fn_constructor_kwargs=...)``; see the module docstring.
+
+    ``cfg``: the actor's share of the job's settings. ``raise_on_stop``: a batch that
+    the stop left with no answered row raises :class:`~pipeline.errors.RunFatalError`
+    (for :func:`pipeline.ray.answer`, whose caller has no other way to learn it); the
+    ``docpipe run`` driver reads the board instead."""
+
+    def __init__(self, cfg: JobConfig, run_id: str, board: Any, raise_on_stop: bool = False) -> None:
+        self.cfg = cfg
+        self.run_id = run_id
+        self.board = board
+        self.raise_on_stop = raise_on_stop
+        self._actor: _Actor | None = None
+        self._lock = asyncio.Lock()
+        self._told = False
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        actor = await self._start()
+        rows = _rows(batch)
+        outcomes = await asyncio.gather(*(self._one(actor, row) for row in rows))
+        await self._tell(actor)
+        keep = [i for i, o in enumerate(outcomes) if o is not None]
+        if not keep and rows and actor.stop.is_set and self.raise_on_stop:
+            raise RunFatalError(f"the job stopped: {actor.stop.reason}")
+        answered = [o for o in outcomes if o is not None]
+        return with_outcomes(batch.take(pa.array(keep, pa.int64())), answered, self.cfg.model, self.run_id)
+
+    async def _one(self, actor: _Actor, row: Row) -> Outcome | None:
+        if row.invalid is not None:
+            return invalid_outcome(row)
+        if actor.stop.is_set:
+            return None
+        return await actor.sender.send(row)
+
+    async def _start(self) -> _Actor:
+        async with self._lock:
+            if self._actor is None:
+                cfg = self.cfg
+                stop = StopControl()
+                pacer = _pacer(cfg)
+                client = PresigningClient(cfg)
+                await client.__aenter__()
+                sender = RowSender(cfg, client, pacer, BudgetGuard(cfg), stop, RunRecord(cfg), asker_for(cfg))
+                self._actor = _Actor(client, pacer, stop, sender, asyncio.create_task(self._poll(stop)))
+                with contextlib.suppress(Exception):  # the pid is for diagnostics and the crash test
+                    await self.board.hello.remote(os.getpid(), cfg.concurrency, cfg.rpm)
+            return self._actor
+
+    async def _tell(self, actor: _Actor) -> None:
+        """Pass this actor's stop to the board (once)."""
+        if actor.stop.is_set and not self._told and actor.stop.reason:
+            self._told = True
+            await self.board.stop.remote(actor.stop.reason)
+
+    async def _poll(self, stop: StopControl) -> None:
+        while True:
+            await asyncio.sleep(BOARD_POLL_S)
+            try:
+                if stop.is_set:
+                    if self._actor is not None:
+                        await self._tell(self._actor)
+                    continue
+                reason = await self.board.reason.remote()
+            except Exception as e:  # the board is gone: the job is over
+                log.debug("board unreachable: %s", e)
+                return
+            if reason:
+                self._told = True  # it came from the board
+                stop.request(reason)
+
+
+def _pacer(cfg: JobConfig) -> Pacer:
+    """The actor's pacer, built as the asyncio engine's is, on the actor's share of the limits."""
+    return Pacer(
+        concurrency=cfg.concurrency,
+        adaptive=cfg.adaptive,
+        rpm=cfg.rpm,
+        tpm=cfg.tpm,
+        backoff_initial=cfg.backoff_initial,
+        backoff_max=cfg.backoff_max,
+        breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
+    )
+
+
+def _rows(batch: pa.Table) -> list[Row]:
+    cols = {n: batch.column(n).to_pylist() for n in (ROW_INDEX, "request_id", "file_url", "question", CONTENT)}
+    rows = []
+    for index, rid, url, question, content in zip(*cols.values(), strict=True):
+        url, question = url or "", question or ""
+        rows.append(Row(index=-1 if index is None else index, request_id=rid, file_url=url.strip(),
+                        question=question, content=content, invalid=invalid_reason(url, question)))  # fmt: skip
+    return rows
+
+
+def _micros(seconds: list[float]) -> pa.Array[Any]:
+    return pa.array([round(s * 1e6) for s in seconds], pa.int64()).cast(TS)
+
+
+def with_outcomes(batch: pa.Table, outcomes: list[Outcome], model: str, run_id: str) -> pa.Table:
+    """``batch`` without the content column, plus the outcome columns (JOURNAL_SCHEMA types)."""
+    n = len(outcomes)
+    values: dict[str, Any] = {
+        "model": [model] * n,
+        "run_id": [run_id] * n,
+        "status": [str(o.status) for o in outcomes],
+        "started_at": _micros([o.started_at for o in outcomes]),
+        "completed_at": _micros([o.completed_at for o in outcomes]),
+    }
+    out = batch.drop_columns([CONTENT]) if CONTENT in batch.column_names else batch
+    for name in OUTCOME_COLUMNS:
+        field = JOURNAL_SCHEMA.field(name)
+        column = values[name] if name in values else [getattr(o, name) for o in outcomes]
+        array = column if isinstance(column, pa.Array) else pa.array(column, field.type)
+        out = out.append_column(field, array)
+    return out
