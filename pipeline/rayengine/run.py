@@ -215,7 +215,9 @@ def _interruptible(batches: Any) -> Iterator[pa.Table | None]:
 def _outcomes(batch: pa.Table) -> list[Outcome]:
     """The journal records of an outcome batch (the sender's columns back into Outcomes)."""
     out = []
-    for r in batch.select([ROW_INDEX, "request_id", *_OUTCOME_FIELDS]).to_pylist():
+    # fields the UDF does not return (journal-only ones) keep the Outcome's defaults
+    present = [n for n in _OUTCOME_FIELDS if n in batch.column_names]
+    for r in batch.select([ROW_INDEX, "request_id", *present]).to_pylist():
         index = r.pop(ROW_INDEX)
         r["row_index"] = -1 if index is None else index
         out.append(_outcome(r))
@@ -226,7 +228,9 @@ _OUTCOME_FIELDS = [f.name for f in dataclasses.fields(Outcome) if f.name not in 
 
 
 def _outcome(r: dict[str, Any]) -> Outcome:
-    values = {n: r[n] for n in _OUTCOME_FIELDS}
+    values = {n: r[n] for n in _OUTCOME_FIELDS if n in r}
+    if values.get("models_tried") is not None:
+        values["models_tried"] = tuple(values["models_tried"])
     values["status"] = Status(values["status"])
     values["started_at"] = values["started_at"].timestamp()
     values["completed_at"] = values["completed_at"].timestamp()
