@@ -713,7 +713,7 @@ def quota(as_json: bool, **opts: Any) -> None:
 @click.option("--scenario", "scenarios", multiple=True,
               type=click.Choice(["all", "little-100", "little-1000", "faults", "cpu", "memory", "resume",
                                  "compaction", "faults-unkind", "random-429", "capacity", "startup", "memory-10k",
-                                 "ray", "report-1m"]),
+                                 "doc-meta", "ray", "report-1m", "reuse-1m"]),
               help="Run a predefined target scenario (repeatable; 'all' for every one).")  # fmt: skip
 @click.option("--rows", type=click.IntRange(1), default=10000, show_default=True, help="Manifest rows (custom run).")
 @click.option("--latency", type=click.FloatRange(min=0), default=0.2, show_default=True,

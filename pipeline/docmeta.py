@@ -42,10 +42,10 @@ log = logging.getLogger("docpipe")
 #: Statuses that mean "HEAD refused": a ranged GET is tried instead.
 HEAD_REFUSED = frozenset({403, 405, 501})
 #: URLs whose HEAD result is kept (about 200 bytes each).
-CACHE_URLS = 65536
+CACHE_URLS = 16384
 #: HEADs started and not yet answered, at most. Beyond it (a document server far slower than
 #: the gateway) a URL gets no HEAD: its rows are asked tomorrow, and memory stays bounded.
-BACKLOG = 16384
+BACKLOG = 8192
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+)")
 
 

@@ -38,14 +38,14 @@ from .records import Outcome, Row, Status
 from .reuse import ReuseIndex, ReuseSink
 
 #: Rows with a reuse candidate that may wait on their HEAD at once.
-PARKED = 8192
+PARKED = 4096
 
 
 class Gate:
     """See the module docstring. ``record`` journals an outcome and counts it; ``repeats``
     counts rows that rode on another row's outcome."""
 
-    def __init__(self, *, record: Callable[[Outcome], None], amend: Callable[[Outcome], None],
+    def __init__(self, *, record: Callable[[Outcome], None], amend: Callable[[Outcome], object],
                  repeats: Callable[[Status, int], None], stop: StopControl, heads: DocHeads | None,
                  index: ReuseIndex | None) -> None:  # fmt: skip
         from .dedupe import Dedupe
@@ -147,9 +147,11 @@ class Gate:
             self.repeats(outcome.status, waiting)
 
     async def close(self) -> None:
-        """After the pool: the HEADs still running answer (or time out), and amend their outcomes."""
+        """After the pool: the HEADs still running answer (or time out) and amend their outcomes,
+        and reuse decisions not yet journaled (a stop cut the producer short) are journaled."""
         if self.heads is not None:
             await self.heads.settle()
+        await self._flush()
 
 
 def reuse_index(cfg: JobConfig) -> ReuseIndex:

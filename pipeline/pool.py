@@ -153,19 +153,22 @@ class Pool:
     async def _work(self) -> None:
         while await self._take_seat():
             try:
-                row = await self.queue.get()
-                if row is None or self.stop.is_set:
-                    return
-                outcome = await self.send(row)
+                # the seat is kept from row to row (no hand-over per row: it doubled the pool's
+                # CPU per row) until a row back from its rest puts the pool over its seats
+                while self.seated <= self.concurrency:
+                    row = await self.queue.get()
+                    if row is None or self.stop.is_set:
+                        return
+                    outcome = await self.send(row)
+                    if outcome is None:
+                        continue
+                    if self.gate is not None:
+                        self.gate.finish(row, outcome)
+                    else:
+                        self.record(outcome)
             finally:
                 self.seated -= 1
                 self._wake()
-            if outcome is None:
-                continue
-            if self.gate is not None:
-                self.gate.finish(row, outcome)
-            else:
-                self.record(outcome)
 
     async def _take_seat(self) -> bool:
         """Wait for a free seat (first come, first served); False when the run stops meanwhile."""

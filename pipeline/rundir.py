@@ -110,10 +110,12 @@ class RunDir:
     def skip_index(self, retry_failed: bool, prior: pa.Table | None = None) -> IdIndex:
         """The request_ids a run must not send again: all with an outcome, or only the
         ok ones under --retry-failed. 8 bytes per id, no per-row Python objects kept."""
-        import pyarrow.compute as pc  # not before the first request
-
         latest = self.latest(["request_id", "status"]) if prior is None else prior
-        if retry_failed:
+        if retry_failed and latest.num_rows:
+            # here only: importing pyarrow.compute takes 0.1-0.2 s (it parses every kernel's
+            # docstring), which a fresh run would spend before its first request
+            import pyarrow.compute as pc
+
             latest = latest.filter(pc.equal(latest["status"], string_scalar("ok")))
         return IdIndex(hash_ids(latest["request_id"]))
 

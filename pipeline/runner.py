@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -56,6 +57,19 @@ log = logging.getLogger("docpipe")
 COMPACTED_MARK = ".compacted.json"
 
 
+def pacer_for(cfg: JobConfig) -> Pacer:
+    """The pacer of a run's limits (the Ray engine's actors each build theirs on their share)."""
+    return Pacer(
+        concurrency=cfg.concurrency,
+        adaptive=cfg.adaptive,
+        rpm=cfg.rpm,
+        tpm=cfg.tpm,
+        backoff_initial=cfg.backoff_initial,
+        backoff_max=cfg.backoff_max,
+        breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
+    )
+
+
 class Run:
     """One run of one job. Use :func:`run` or :func:`run_async` rather than this directly."""
 
@@ -69,15 +83,7 @@ class Run:
         self.stop = StopControl()
         self.record = RunRecord(cfg)
         self.run_dir = RunDir(cfg.out)
-        self.pacer = Pacer(
-            concurrency=cfg.concurrency,
-            adaptive=cfg.adaptive,
-            rpm=cfg.rpm,
-            tpm=cfg.tpm,
-            backoff_initial=cfg.backoff_initial,
-            backoff_max=cfg.backoff_max,
-            breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
-        )
+        self.pacer = pacer_for(cfg)
         self.journal: JournalWriter | None = None  # opened once the folder's lock is held
         self.asker = asker_for(cfg)  # structured answers: the schema's columns, checks and the run's mode
         self.models, self.fetcher = ModelRouter(cfg, self.pacer.breaker), DocumentFetcher(cfg)  # models, --embed
@@ -139,21 +145,19 @@ class Run:
         return summary
 
     def _record(self, outcome: Outcome) -> None:
-        assert self.journal is not None
-        try:
-            self.journal.add(outcome)
-        except StorageError as e:
-            self.stop.request(str(e))
-            return
-        self.record.add(outcome)
+        if self._amend(outcome):
+            self.record.add(outcome)
 
-    def _amend(self, outcome: Outcome) -> None:
-        """Journal a second record of an outcome already counted (its document metadata came later)."""
+    def _amend(self, outcome: Outcome) -> bool:
+        """Journal an outcome (alone: a second record of one already counted, whose document
+        metadata came later); False when the journal could not take it and the run is stopping."""
         assert self.journal is not None
         try:
             self.journal.add(outcome)
         except StorageError as e:
             self.stop.request(str(e))
+            return False
+        return True
 
     async def _finish(self, manifest: Manifest) -> RunSummary:
         """Make the journal durable, rebuild results.parquet, write _run.json."""
@@ -215,16 +219,10 @@ class Run:
         """An error ended the run: say so in _run.json, with the exit code the process will have."""
         if self.journal is None:  # nothing was started: _run.json (if any) is the last run's
             return
-        if isinstance(e, UsageError):
-            code = ExitCode.USAGE
-        elif isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
-            code = ExitCode.ABORTED
-        else:
-            code = ExitCode.INTERNAL
         reason = self.stop.reason or f"{type(e).__name__}: {e}"
         with contextlib.suppress(Exception):
             self.journal.flush_sync()
-            self._write_info(self.record.crashed(reason, code, self.pacer.slots))
+            self._write_info(self.record.crashed(reason, _crash_code(e), self.pacer.slots))
 
     def _write_info(self, summary: RunSummary) -> None:
         try:
@@ -271,7 +269,8 @@ class Run:
     async def _background(self) -> AsyncIterator[None]:
         """The journal's fsync every flush_interval, progress ticks and the deadline."""
         cfg = self.cfg
-        coros: list[Coroutine[Any, Any, None]] = [self._flush_every(cfg.flush_interval), self._sample_every(1.0)]
+        coros: list[Coroutine[Any, Any, None]] = [self._flush_every(cfg.flush_interval), self._sample_every(1.0),
+                                                  _import_finish()]  # fmt: skip
         if self.progress is not None:
             coros.append(self._tick(self.progress))
         if cfg.deadline or cfg.max_runtime:
@@ -315,6 +314,22 @@ async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
     delay, reason = min(waits)
     await asyncio.sleep(max(0.0, delay))
     stop.request(reason)
+
+
+async def _import_finish(delay: float = 1.0) -> None:
+    """Import compaction (with pyarrow.compute: 0.1-0.3 s) in a thread once the first
+    requests are out, so the end of the run does not wait for it (issue 10)."""
+    await asyncio.sleep(delay)
+    await asyncio.to_thread(importlib.import_module, "pipeline.compaction")
+
+
+def _crash_code(e: BaseException) -> ExitCode:
+    """The exit code the process will have for an error that ended the run."""
+    if isinstance(e, UsageError):
+        return ExitCode.USAGE
+    if isinstance(e, DocpipeError | asyncio.CancelledError | KeyboardInterrupt):
+        return ExitCode.ABORTED
+    return ExitCode.INTERNAL
 
 
 def _write_report(run_dir: RunDir) -> None:
@@ -379,9 +394,11 @@ def _prior(run_dir: RunDir, manifest: Manifest, cfg: JobConfig, asker: Asker | N
 def _prior_counts(prior: Any, retry_failed: bool) -> Counts:
     """What the folder already holds, as progress counts it (failed rows count as to do
     again under --retry-failed)."""
+    if not prior.num_rows:
+        return Counts(ok=0, failed=0)  # a fresh run: no pyarrow.compute import (0.1-0.2 s) before its first request
     import pyarrow.compute as pc
 
-    ok = (pc.sum(pc.equal(prior["status"], string_scalar("ok"))).as_py() or 0) if prior.num_rows else 0
+    ok = pc.sum(pc.equal(prior["status"], string_scalar("ok"))).as_py() or 0
     failed = 0 if retry_failed else prior.num_rows - ok
     return Counts(ok=ok, failed=failed)
 

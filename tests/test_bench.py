@@ -102,8 +102,12 @@ def test_client_peak_rss_is_its_own_not_this_processs(tmp_path: Path) -> None:
 
 def test_scenarios_are_the_issue_targets() -> None:
     assert set(SCENARIOS) == {"little-100", "little-1000", "faults", "cpu", "memory", "resume", "compaction",
-                              "faults-unkind", "random-429", "capacity", "startup", "memory-10k", "ray"}  # fmt: skip
+                              "faults-unkind", "random-429", "capacity", "startup", "memory-10k", "doc-meta",
+                              "ray"}  # fmt: skip
     assert set(JUDGES) == set(SCENARIOS)
+    # issue 12: metadata on (the default) beside off, the on run shared with little-100
+    assert SCENARIOS["doc-meta"]["on"] is SCENARIOS["little-100"]["run"] and SCENARIOS["doc-meta"]["on"].doc_meta
+    assert not SCENARIOS["doc-meta"]["off"].doc_meta
     # memory, resume and compaction share one 1M run, measured once per invocation
     assert SCENARIOS["memory"]["1M"] is SCENARIOS["resume"]["1M"] is SCENARIOS["compaction"]["1M"]
     assert SCENARIOS["memory-10k"]["1M"] is SCENARIOS["memory"]["1M"]

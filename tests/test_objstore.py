@@ -121,8 +121,10 @@ def test_s3_documents_reach_the_gateway_presigned_and_the_url_fetches_the_object
     for r in results:
         assert r["file_url"].startswith("s3://")
         assert r["answer"] == answer_for("gpt-4o-all", by_doc[r["file_url"]])
-    for path in (out / "results.parquet", out / "_run.json"):
-        assert b"X-Amz-Signature" not in path.read_bytes()
+    signatures = [parse_qs(urlsplit(c.partition(" ")[0]).query)["X-Amz-Signature"][0].encode() for c in sent]
+    for path in (out / "results.parquet", out / "_run.json"):  # (_run.json names the parameter in ignore_query)
+        data = path.read_bytes()
+        assert b"X-Amz-Signature=" not in data and not any(sig in data for sig in signatures)
 
 
 def test_an_error_that_echoes_the_presigned_url_carries_the_s3_url_instead(s3: S3) -> None:

@@ -220,3 +220,7 @@ def test_demo_runs_with_no_key_and_no_network(tmp_path: Path) -> None:
     for name in ("reports", "filings"):
         df = pd.read_parquet(tmp_path / "demo" / name / "results.parquet")
         assert len(df) >= 20 and (df["status"] == "ok").sum() >= 20
+    # the second night (issue 12): three documents changed, the other 21 answers copied forward
+    night2 = pd.read_parquet(tmp_path / "demo" / "nights" / "night2" / "results.parquet")
+    assert len(night2) == 24 and night2["reused_from"].notna().sum() == 21
+    assert "21 reused" in proc.stdout

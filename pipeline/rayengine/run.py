@@ -47,10 +47,11 @@ from ..pool import invalid_outcome
 from ..records import Outcome, RunSummary, Status
 from ..report import ProgressDisplay
 from ..runner import Run, _prior, _prior_counts, _run_loop
+from ..schema import JOURNAL_ONLY
 from .board import new_board
 from .dataset import block_rows, blocks, send
 from .shares import split
-from .udf import CONTENT, ROW_INDEX
+from .udf import CONTENT, REUSE_KEY, ROW_INDEX
 
 log = logging.getLogger("docpipe")
 
@@ -69,6 +70,8 @@ class RayRun(Run):
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
+        if cfg.reuse:
+            raise UsageError("--reuse is not supported by --engine ray yet: run that night with the asyncio engine")
         prior, reused, skip_prior = _prior(self.run_dir, manifest, cfg, self.asker)
         skip = self.run_dir.skip_index(cfg.retry_failed, skip_prior)
         self.record.begin(manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows),
@@ -121,7 +124,8 @@ class RayRun(Run):
                 tables.append(pa.table({
                     ROW_INDEX: pa.array([r.index for r in keep], pa.int64()),
                     "request_id": [r.request_id for r in keep], "file_url": [r.file_url for r in keep],
-                    "question": [r.question for r in keep], CONTENT: [r.content for r in keep]}))  # fmt: skip
+                    "question": [r.question for r in keep], CONTENT: [r.content for r in keep],
+                    REUSE_KEY: pa.array([r.reuse_key for r in keep], pa.int64())}))  # fmt: skip
         return tables
 
     def _drain(self, outcomes: ray.data.Dataset, board: Any, t0: float) -> str | None:
@@ -215,16 +219,18 @@ def _interruptible(batches: Any) -> Iterator[pa.Table | None]:
 def _outcomes(batch: pa.Table) -> list[Outcome]:
     """The journal records of an outcome batch (the sender's columns back into Outcomes)."""
     out = []
-    # fields the UDF does not return (journal-only ones) keep the Outcome's defaults
-    present = [n for n in _OUTCOME_FIELDS if n in batch.column_names]
-    for r in batch.select([ROW_INDEX, "request_id", *present]).to_pylist():
+    # fields the UDF does not return keep the Outcome's defaults; reuse_key rides in its own column
+    names = [n for n in _OUTCOME_FIELDS if n != "reuse_key" and n in batch.column_names]
+    for r in batch.select([ROW_INDEX, REUSE_KEY, "request_id", *names]).to_pylist():
         index = r.pop(ROW_INDEX)
         r["row_index"] = -1 if index is None else index
+        r["reuse_key"] = r.pop(REUSE_KEY)
         out.append(_outcome(r))
     return out
 
 
-_OUTCOME_FIELDS = [f.name for f in dataclasses.fields(Outcome) if f.name not in ("request_id", "row_index")]
+# the actors' columns: reuse_key (journal only) is left out; the Ray engine does not take part in --reuse
+_OUTCOME_FIELDS = [f.name for f in dataclasses.fields(Outcome) if f.name not in ("request_id", *JOURNAL_ONLY)]
 
 
 def _outcome(r: dict[str, Any]) -> Outcome:
@@ -232,9 +238,10 @@ def _outcome(r: dict[str, Any]) -> Outcome:
     if values.get("models_tried") is not None:
         values["models_tried"] = tuple(values["models_tried"])
     values["status"] = Status(values["status"])
-    values["started_at"] = values["started_at"].timestamp()
-    values["completed_at"] = values["completed_at"].timestamp()
-    return Outcome(request_id=r["request_id"], row_index=r["row_index"], **values)
+    for name in ("started_at", "completed_at", "doc_last_modified"):  # Outcome keeps epoch seconds
+        values[name] = None if values[name] is None else values[name].timestamp()
+    # reuse_key rides in its own column: kept in the journal, so a later asyncio night can --reuse these answers
+    return Outcome(request_id=r["request_id"], row_index=r["row_index"], reuse_key=r.get("reuse_key"), **values)
 
 
 @contextlib.contextmanager

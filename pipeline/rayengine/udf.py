@@ -30,11 +30,12 @@ from ..budget import BudgetGuard
 from ..config import JobConfig
 from ..control import StopControl
 from ..errors import RunFatalError
-from ..limits import Breaker, Pacer
+from ..limits import Pacer
 from ..manifest import _invalid as invalid_reason
 from ..pool import invalid_outcome
 from ..presign import PresigningClient
 from ..records import Outcome, Row
+from ..runner import pacer_for
 from ..runrecord import RunRecord
 from ..schema import JOURNAL_SCHEMA, OUTCOME_COLUMNS, TS
 from ..sender import RowSender
@@ -45,6 +46,8 @@ log = logging.getLogger("docpipe")
 #: Columns the sender reads besides request_id, file_url and question (dropped from the output).
 ROW_INDEX = "__row_index"
 CONTENT = "__content"
+#: The request's identity for --reuse (Row.reuse_key): carried through to the journal, never shown.
+REUSE_KEY = "__reuse_key"
 #: How often an actor exchanges stop reasons with the board (seconds).
 BOARD_POLL_S = 0.25
 
@@ -100,7 +103,7 @@ class SenderUDF:
             if self._actor is None:
                 cfg = self.cfg
                 stop = StopControl()
-                pacer = _pacer(cfg)
+                pacer = pacer_for(cfg)
                 client = PresigningClient(cfg)
                 await client.__aenter__()
                 sender = RowSender(cfg, client, pacer, BudgetGuard(cfg), stop, RunRecord(cfg), asker_for(cfg))
@@ -132,31 +135,20 @@ class SenderUDF:
                 stop.request(reason)
 
 
-def _pacer(cfg: JobConfig) -> Pacer:
-    """The actor's pacer, built as the asyncio engine's is, on the actor's share of the limits."""
-    return Pacer(
-        concurrency=cfg.concurrency,
-        adaptive=cfg.adaptive,
-        rpm=cfg.rpm,
-        tpm=cfg.tpm,
-        backoff_initial=cfg.backoff_initial,
-        backoff_max=cfg.backoff_max,
-        breaker=Breaker(cfg.breaker_threshold, cfg.breaker_probes, cfg.breaker_pause),
-    )
-
-
 def _rows(batch: pa.Table) -> list[Row]:
     cols = {n: batch.column(n).to_pylist() for n in (ROW_INDEX, "request_id", "file_url", "question", CONTENT)}
+    keys = batch.column(REUSE_KEY).to_pylist() if REUSE_KEY in batch.column_names else [None] * batch.num_rows
     rows = []
-    for index, rid, url, question, content in zip(*cols.values(), strict=True):
+    for (index, rid, url, question, content), key in zip(zip(*cols.values(), strict=True), keys, strict=True):
         url, question = url or "", question or ""
         rows.append(Row(index=-1 if index is None else index, request_id=rid, file_url=url.strip(),
-                        question=question, content=content, invalid=invalid_reason(url, question)))  # fmt: skip
+                        question=question, content=content, invalid=invalid_reason(url, question),
+                        reuse_key=key))  # fmt: skip
     return rows
 
 
-def _micros(seconds: list[float]) -> pa.Array[Any]:
-    return pa.array([round(s * 1e6) for s in seconds], pa.int64()).cast(TS)
+def _micros(seconds: list[float | None]) -> pa.Array[Any]:
+    return pa.array([None if s is None else round(s * 1e6) for s in seconds], pa.int64()).cast(TS)
 
 
 def with_outcomes(batch: pa.Table, outcomes: list[Outcome], model: str, run_id: str) -> pa.Table:
@@ -170,13 +162,12 @@ def with_outcomes(batch: pa.Table, outcomes: list[Outcome], model: str, run_id: 
         ],
         "run_id": [run_id] * n,
         "status": [str(o.status) for o in outcomes],
-        "started_at": _micros([o.started_at for o in outcomes]),
-        "completed_at": _micros([o.completed_at for o in outcomes]),
     }
     out = batch.drop_columns([CONTENT]) if CONTENT in batch.column_names else batch
     for name in OUTCOME_COLUMNS:
         field = JOURNAL_SCHEMA.field(name)
         column = values[name] if name in values else [getattr(o, name) for o in outcomes]
-        array = column if isinstance(column, pa.Array) else pa.array(column, field.type)
+        # timestamps travel as epoch seconds in an Outcome
+        array = _micros(column) if field.type == TS else pa.array(column, field.type)
         out = out.append_column(field, array)
     return out
