@@ -22,6 +22,7 @@ budget.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,29 +65,40 @@ class Estimate:
         return self.prompt_tokens + self.completion_tokens
 
     @classmethod
-    def of(cls, cfg: JobConfig, *, rows: int, requests: int, prompt_tokens: int) -> Estimate:
-        """The estimate for ``requests`` requests whose prompts add up to ``prompt_tokens``."""
+    def of(cls, cfg: JobConfig, *, rows: int, requests: int, prompt_tokens: int, model: str | None = None) -> Estimate:
+        """The estimate for ``requests`` requests whose prompts add up to ``prompt_tokens``
+        (priced as ``model``'s, the run's model by default)."""
         completion = requests * completion_estimate(cfg)
         return cls(
             rows=rows,
             requests=requests,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion,
-            cost_usd=cfg.cost(prompt_tokens, completion, requests=requests),
-            min_cost_usd=cfg.cost(prompt_tokens, 0, requests=requests),
+            cost_usd=cfg.cost(prompt_tokens, completion, requests=requests, model=model),
+            min_cost_usd=cfg.cost(prompt_tokens, 0, requests=requests, model=model),
         )
 
 
 def estimate_rows(manifest: Any, skip: Any, cfg: JobConfig) -> Estimate:
-    """Estimate the rows of ``manifest`` not in ``skip`` (an IdIndex of request ids, or None)."""
-    rows = requests = prompt = 0
+    """Estimate the rows of ``manifest`` not in ``skip`` (an IdIndex of request ids, or None).
+
+    Each row is priced at its own model's price (a manifest ``model`` column, ``[prices.<model>]``)."""
+    rows = 0
+    by_model: dict[str | None, list[int]] = {}  # model -> [requests, prompt tokens]
     for batch in manifest.rows(skip):
         for row in batch:
             rows += 1
             if row.invalid is None:
-                requests += 1
-                prompt += prompt_estimate(row.content, cfg)
-    return Estimate.of(cfg, rows=rows, requests=requests, prompt_tokens=prompt)
+                tally = by_model.setdefault(row.model, [0, 0])
+                tally[0] += 1
+                tally[1] += prompt_estimate(row.content, cfg)
+    whole = Estimate.of(cfg, rows=rows, requests=sum(t[0] for t in by_model.values()),
+                        prompt_tokens=sum(t[1] for t in by_model.values()))  # fmt: skip
+    if not cfg.model_prices or whole.cost_usd is None:
+        return whole
+    parts = [Estimate.of(cfg, rows=0, requests=r, prompt_tokens=p, model=m) for m, (r, p) in by_model.items()]
+    return dataclasses.replace(whole, cost_usd=sum(e.cost_usd or 0.0 for e in parts),
+                               min_cost_usd=sum(e.min_cost_usd or 0.0 for e in parts))  # fmt: skip
 
 
 def check_before_start(estimate: Estimate, cfg: JobConfig) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .config import ENGINES, MANIFEST_FORMATS, PROGRESS_MODES, SCHEMA_MODES, JobConfig, load_config
+from .config import ENGINES, FORMS, MANIFEST_FORMATS, PROGRESS_MODES, SCHEMA_MODES, JobConfig, load_config
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
 
 log = logging.getLogger("docpipe")
@@ -128,6 +128,36 @@ _RUN_OPTIONS = [
     ),
     click.option("--base-url", metavar="URL", help=_BASE_URL_HELP),
     click.option("--model", help="Model to ask [default: gpt-4o-all]."),
+    click.option(
+        "--fallback-model",
+        "fallback_models",
+        multiple=True,
+        metavar="MODEL",
+        help="Ask this model when the row's model has no channel, filters the content or cannot read "
+        "the document (repeat for more, in order).",
+    ),
+    click.option(
+        "--model-price",
+        "model_prices",
+        multiple=True,
+        metavar="MODEL=P/C[/R]",
+        help="USD per 1M prompt / completion tokens [/ per request] for one model (repeatable); "
+        "overrides the flat prices for it.",
+    ),
+    click.option("--model-column", metavar="NAME", help="Manifest column naming each row's model [default: model]."),
+    click.option(
+        "--form",
+        type=click.Choice(FORMS),
+        help="How the document is sent: inline text, image_url or file parts, or auto by type [default: inline].",
+    ),
+    click.option("--form-column", metavar="NAME", help="Manifest column naming each row's form [default: form]."),
+    click.option(
+        "--embed",
+        is_flag=True,
+        default=None,
+        help="Fetch each document and send its bytes as a data: URL (with --form image_url, file or auto).",
+    ),
+    click.option("--embed-max-bytes", metavar="N", help="Largest document --embed sends [default: 20 MiB]."),
     click.option("--api-key", metavar="KEY", help=_API_KEY_HELP),
     click.option("--api-key-file", metavar="PATH", help=_API_KEY_FILE_HELP),
     click.option("--concurrency", metavar="N", help="Most requests in flight [default: 16]."),
@@ -240,6 +270,9 @@ def build_config(manifest: str | None, opts: dict[str, Any], *, require_out: boo
     output folder and the key rule; validate only needs a manifest."""
     job = opts.pop("job", None)
     quiet = bool(opts.pop("quiet", False))
+    for name in ("fallback_models", "model_prices"):  # repeatable: none given is not given
+        if not opts.get(name):
+            opts[name] = None
     if opts.pop("fixed_concurrency", None):
         opts["adaptive"] = False
     opts["reuse"] = opts.get("reuse") or None  # click gives () when --reuse is not given
@@ -341,6 +374,8 @@ def demo(out: str, latency: float, fault_rate: float) -> None:
 @click.option("--api-key", default=None, help="Accept only this key (401 otherwise).")
 @click.option("--quota-requests", type=int, default=None, help="Quota exhausted after N answers.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-channel-model", "no_channel_models", multiple=True, metavar="MODEL",
+              help="Answer 503 no-channel for this model (repeatable); other models answer.")  # fmt: skip
 @click.option("--response-format", "response_format", type=click.Choice(["accept", "reject", "ignore"]),
               default="accept", show_default=True,
               help="What the gateway does with response_format: use it, reject it (400 naming it), "
@@ -355,7 +390,7 @@ def demo(out: str, latency: float, fault_rate: float) -> None:
 def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: float, fault_kinds: str | None,
              retry_after: float | None, rpm: int | None, capacity: int | None, api_key: str | None,
              quota_requests: int | None, seed: int, response_format: str, schema_fault_rate: float,
-             schema_fault_kinds: str | None) -> None:  # fmt: skip
+             schema_fault_kinds: str | None, no_channel_models: tuple[str, ...]) -> None:  # fmt: skip
     """Serve the simulated gateway (an OpenAI-compatible fake) until interrupted.
 
     Structured answers (a request with response_format, or a schema in its system
@@ -368,6 +403,7 @@ def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: fl
       docpipe simulate --port 8088 --latency 1 --fault-rate 0.1 &
       docpipe run pipeline/sample_inputs/reports.csv --out out/sim --base-url http://127.0.0.1:8088/v1
       docpipe simulate --response-format reject --schema-fault-rate 0.2 --schema-fault-kinds prose,truncated
+      docpipe simulate --no-channel-model gpt-4o-all   # then: docpipe run ... --fallback-model gpt-4-all
     """
     import asyncio
 
@@ -376,7 +412,7 @@ def simulate(host: str, port: int, latency: float, jitter: float, fault_rate: fl
     kw: dict[str, Any] = dict(latency_s=latency, latency_jitter=jitter, fault_rate=fault_rate,
                               retry_after_s=retry_after, rpm=rpm, capacity=capacity, api_key=api_key,
                               quota_requests=quota_requests, seed=seed, response_format=response_format,
-                              schema_fault_rate=schema_fault_rate)  # fmt: skip
+                              schema_fault_rate=schema_fault_rate, no_channel_models=no_channel_models)  # fmt: skip
     if fault_kinds:
         kw["fault_kinds"] = tuple(k.strip() for k in fault_kinds.split(",") if k.strip())
     if schema_fault_kinds:
@@ -406,6 +442,38 @@ def _gateway_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--job", metavar="FILE", help="TOML job file for the gateway settings."),
         click.option("--base-url", metavar="URL", help=_BASE_URL_HELP),
+        click.option(
+            "--fallback-model",
+            "fallback_models",
+            multiple=True,
+            metavar="MODEL",
+            help="Ask this model when the row's model has no channel, filters the content or cannot read "
+            "the document (repeat for more, in order).",
+        ),
+        click.option(
+            "--model-price",
+            "model_prices",
+            multiple=True,
+            metavar="MODEL=P/C[/R]",
+            help="USD per 1M prompt / completion tokens [/ per request] for one model (repeatable); "
+            "overrides the flat prices for it.",
+        ),
+        click.option(
+            "--model-column", metavar="NAME", help="Manifest column naming each row's model [default: model]."
+        ),
+        click.option(
+            "--form",
+            type=click.Choice(FORMS),
+            help="How the document is sent: inline text, image_url or file parts, or auto by type [default: inline].",
+        ),
+        click.option("--form-column", metavar="NAME", help="Manifest column naming each row's form [default: form]."),
+        click.option(
+            "--embed",
+            is_flag=True,
+            default=None,
+            help="Fetch each document and send its bytes as a data: URL (with --form image_url, file or auto).",
+        ),
+        click.option("--embed-max-bytes", metavar="N", help="Largest document --embed sends [default: 20 MiB]."),
         click.option("--api-key", metavar="KEY", help=_API_KEY_HELP),
         click.option("--api-key-file", metavar="PATH", help=_API_KEY_FILE_HELP),
         click.option("--timeout", metavar="DURATION", default="30", show_default=True, help="Per request."),

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from .config import JobConfig
+from .config import DEFAULT_TEMPLATE, JobConfig
 from .errors import (
     GatewayUnreachable,
     NoChannel,
@@ -29,6 +29,7 @@ from .errors import (
     RunFatalError,
     UnreadableDocument,
 )
+from .forms import user_content
 from .records import Completion, Row
 from .retry import parse_retry_after
 from .structured.ask import Turn, instruction
@@ -313,12 +314,13 @@ class GatewayClient:
         """The request body; a structured ``turn`` adds response_format or the schema instruction,
         the follow-up messages of a re-ask, and a larger max_tokens after a cut answer."""
         messages: list[dict[str, Any]] = []
+        base = self._base if row.model is None else {**self._base, "model": row.model}
         if turn is None:
             if self.cfg.system:
                 messages.append({"role": "system", "content": self.cfg.system})
-            messages.append({"role": "user", "content": row.content})
-            return orjson.dumps({**self._base, "messages": messages})
-        body = {**self._base}
+            messages.append({"role": "user", "content": self._user_content(row)})
+            return orjson.dumps({**base, "messages": messages})
+        body = {**base}
         system = self.cfg.system
         if turn.mode == "response_format":
             body["response_format"] = self._response_format
@@ -326,12 +328,18 @@ class GatewayClient:
             system = f"{system}\n\n{self._instruction}" if system else self._instruction
         if system:
             messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": row.content})
+        messages.append({"role": "user", "content": self._user_content(row)})
         messages.extend(turn.followup)
         if turn.max_tokens is not None:
             body["max_tokens"] = turn.max_tokens
         body["messages"] = messages
         return orjson.dumps(body)
+
+    def _user_content(self, row: Row) -> str | list[dict[str, Any]]:
+        """The row's message in its form (pipeline/forms.py); the plain text without a look-up."""
+        if (row.form or self.cfg.form) == "inline" and row.document is None:
+            return row.content
+        return user_content(row, default_template=self.cfg.template == DEFAULT_TEMPLATE, run_form=self.cfg.form)
 
     def redact(self, text: str) -> str:
         return redact(text, self.cfg.api_key)

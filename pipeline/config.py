@@ -58,6 +58,11 @@ BASE_URL_ENV_VAR = "OPENAI_BASE_URL"
 MANIFEST_FORMATS = ("csv", "parquet")
 PROGRESS_MODES = ("auto", "bar", "log", "none")
 SCHEMA_MODES = ("auto", "response_format", "instructions")
+#: How a row's document reaches the model (pipeline/forms.py)
+FORMS = ("inline", "image_url", "file", "auto")
+DEFAULT_EMBED_MAX_BYTES = 20 * 1024 * 1024
+#: The keys of a model's own price table (``[prices.<model>]``, ``model_prices``)
+PRICE_KEYS = ("prompt_per_1m", "completion_per_1m", "per_request")
 
 #: Phrases with which gateways answer when the model could not open the file.
 DEFAULT_UNREADABLE_PATTERNS = (
@@ -398,6 +403,47 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(v.strip() for v in items)
 
 
+def _models(value: Any) -> tuple[str, ...]:
+    """A list of model names (``fallback_models``); one name alone is a list of one."""
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(m, str) and m.strip() for m in items):
+        raise ValueError("expected a list of model names")
+    return tuple(dict.fromkeys(m.strip() for m in items))
+
+
+def _model_prices(value: Any) -> dict[str, dict[str, float]]:
+    """Prices per model: ``{"gpt-4-all": {"prompt_per_1m": 2.5, ...}}``, or flag text
+    ``MODEL=PROMPT/COMPLETION[/PER_REQUEST]`` (USD; one string or a list of them)."""
+    if isinstance(value, str | list | tuple) and all(isinstance(v, str) for v in _listed(value)):
+        return dict(_price_text(v) for v in _listed(value))
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of model -> {prompt_per_1m, completion_per_1m, per_request}")
+    price = _number(0)
+    table: dict[str, dict[str, float]] = {}
+    for model, prices in value.items():
+        if not isinstance(prices, Mapping) or not prices or set(prices) - set(PRICE_KEYS):
+            raise ValueError(f"{model!r}: expected a table with some of {', '.join(PRICE_KEYS)}")
+        table[str(model)] = {k: price(v) for k, v in prices.items()}
+    return table
+
+
+def _listed(value: Any) -> list[Any]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _price_text(text: str) -> tuple[str, dict[str, float]]:
+    wanted = "expected MODEL=PROMPT/COMPLETION[/PER_REQUEST] in USD, e.g. gpt-4-all=2.5/10"
+    model, sep, figures = text.rpartition("=")
+    parts = figures.split("/")
+    if not sep or not model.strip() or not 2 <= len(parts) <= 3:
+        raise ValueError(wanted)
+    try:
+        numbers = [_number(0)(p) for p in parts]
+    except ValueError:
+        raise ValueError(wanted) from None
+    return model.strip(), dict(zip(PRICE_KEYS, numbers, strict=False))
+
+
 def _optional(parse: Parser) -> Parser:
     def optional(value: Any) -> Any:
         return None if value is None else parse(value)
@@ -469,6 +515,14 @@ class JobConfig:
     file_url_column: str | None = None
     question_column: str | None = None
     id_column: str | None = None
+    # document forms, per-row models and fallbacks (issue 15: pipeline/forms.py, embed.py, models.py)
+    form: str = "inline"  # inline | image_url | file | auto
+    embed: bool = False  # fetch the document and send its bytes as a data: URL
+    embed_max_bytes: int = DEFAULT_EMBED_MAX_BYTES
+    form_column: str | None = None  # None: a column named "form" when there is one
+    model_column: str | None = None  # None: a column named "model" when there is one
+    fallback_models: tuple[str, ...] = ()
+    model_prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # limits
     concurrency: int = 16
     adaptive: bool = True
@@ -537,6 +591,8 @@ class JobConfig:
         if self.reuse and not self.doc_meta:
             raise UsageError("reuse needs document metadata to tell an unchanged document: drop doc_meta=false "
                              "(--no-doc-meta) or reuse")  # fmt: skip
+        if self.embed and self.form == "inline":
+            raise UsageError(_EMBED_INLINE.format(where="embed=True", form="form='inline'"))
         if self.reuse and self.engine == "ray":  # the Ray engine's actors neither HEAD documents nor copy forward
             raise UsageError("reuse is not available with engine='ray' (--engine ray) yet: drop one of them")
 
@@ -560,19 +616,28 @@ class JobConfig:
 
     @property
     def has_prices(self) -> bool:
-        return any(
-            p is not None for p in (self.price_prompt_per_1m, self.price_completion_per_1m, self.price_per_request)
+        flat = (self.price_prompt_per_1m, self.price_completion_per_1m, self.price_per_request)
+        return any(p is not None for p in flat) or bool(self.model_prices)
+
+    def prices_for(self, model: str | None) -> tuple[float, float, float]:
+        """(prompt per 1M, completion per 1M, per request) in USD for ``model``: its
+        ``[prices.<model>]`` keys, each one it does not set taken from the flat ``[prices]``."""
+        own = self.model_prices.get(model or self.model, {})
+        return (
+            own.get("prompt_per_1m", self.price_prompt_per_1m or 0.0),
+            own.get("completion_per_1m", self.price_completion_per_1m or 0.0),
+            own.get("per_request", self.price_per_request or 0.0),
         )
 
-    def cost(self, prompt_tokens: int | None, completion_tokens: int | None, *, requests: int = 1) -> float | None:
-        """Cost of answered requests (one by default), or None when no price is configured."""
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None, *, requests: int = 1,
+             model: str | None = None) -> float | None:  # fmt: skip
+        """Cost of answered requests (one by default) at ``model``'s price (the run's model
+        by default), or None when no price is configured."""
         if not self.has_prices:
             return None
-        return (
-            (prompt_tokens or 0) * (self.price_prompt_per_1m or 0.0) / 1e6
-            + (completion_tokens or 0) * (self.price_completion_per_1m or 0.0) / 1e6
-            + (self.price_per_request or 0.0) * requests
-        )
+        prompt, completion, per_request = self.prices_for(model)
+        tokens = (prompt_tokens or 0) * prompt + (completion_tokens or 0) * completion
+        return tokens / 1e6 + per_request * requests
 
     def public(self) -> dict[str, Any]:
         """The settings as plain data, without the key: what run.json records."""
@@ -604,6 +669,13 @@ FIELD_PARSERS: dict[str, Parser] = {
     "file_url_column": _optional(_text),
     "question_column": _optional(_text),
     "id_column": _optional(_text),
+    "form": _choice(*FORMS),
+    "embed": _boolean,
+    "embed_max_bytes": _integer(1),
+    "form_column": _optional(_text),
+    "model_column": _optional(_text),
+    "fallback_models": _models,
+    "model_prices": _model_prices,
     "concurrency": _integer(1, 100_000),
     "adaptive": _boolean,
     "rpm": _optional(_integer(1)),
@@ -691,9 +763,23 @@ _JOB_SECTIONS: dict[str, dict[str, str]] = {
         "api_key_env": "api_key_env",
         "api_key_file": "api_key_file",
         "stream": "stream",
+        "fallback_models": "fallback_models",
     },
-    "request": {"template": "template", "system": "system", **{p: p for p in GENERATION_PARAMS}},
-    "columns": {"file_url": "file_url_column", "question": "question_column", "id": "id_column"},
+    "request": {
+        "template": "template",
+        "system": "system",
+        "form": "form",
+        "embed": "embed",
+        "embed_max_bytes": "embed_max_bytes",
+        **{p: p for p in GENERATION_PARAMS},
+    },
+    "columns": {
+        "file_url": "file_url_column",
+        "question": "question_column",
+        "id": "id_column",
+        "form": "form_column",
+        "model": "model_column",
+    },
     "limits": {
         "concurrency": "concurrency",
         "adaptive": "adaptive",
@@ -769,6 +855,10 @@ def read_job_file(path: str | os.PathLike[str]) -> dict[str, Given]:
             known = ", ".join(f"[{s}]" for s in _JOB_SECTIONS if s)
             raise UsageError(f"{p}: unknown section [{key}]; sections are {known}")
         for sub, v in value.items():
+            if key == "prices" and isinstance(v, dict):  # [prices.<model>]: that model's own prices
+                prices = found.setdefault("model_prices", Given({}, f"{p}: [prices.<model>]", " = "))
+                prices.value[sub] = v
+                continue
             if sub not in section:
                 raise UsageError(f"{p}: unknown key {sub!r} in [{key}]; known: {', '.join(section)}")
             found[section[sub]] = Given(v, f"{p}: [{key}] {sub}", " = ")
@@ -800,7 +890,15 @@ def _read_toml(p: Path) -> dict[str, Any]:
     return raw
 
 
-_FLAG_NAMES = {"manifest": "MANIFEST", "manifest_format": "--format", "adaptive": "--fixed-concurrency"}
+_EMBED_INLINE = "{where}: embedding needs form image_url, file or auto, but {form}; set --form (form = ...)"
+
+_FLAG_NAMES = {
+    "manifest": "MANIFEST",
+    "manifest_format": "--format",
+    "adaptive": "--fixed-concurrency",
+    "fallback_models": "--fallback-model",
+    "model_prices": "--model-price",
+}
 
 
 def _layer(values: Mapping[str, Any], label: Callable[[str], str], sep: str) -> dict[str, Given]:
@@ -879,6 +977,7 @@ def load_config(
         merged["api_key"] = key
     if "base_url" not in merged and environ.get(BASE_URL_ENV_VAR):
         merged["base_url"] = Given(environ[BASE_URL_ENV_VAR], BASE_URL_ENV_VAR)
+    _check_embed(merged)
     values: dict[str, Any] = {"params": {}}
     for name, given in merged.items():
         if name in _PARAM_PARSERS:
@@ -886,3 +985,15 @@ def load_config(
         else:
             values[name] = given.parse(name, FIELD_PARSERS[name])
     return JobConfig(**values)
+
+
+def _check_embed(merged: Mapping[str, Given]) -> None:
+    """``embed`` with the inline form is a usage error naming where each came from."""
+    embed = merged.get("embed")
+    if embed is None or not embed.parse("embed", _boolean):
+        return
+    form = merged.get("form")
+    if form is None:
+        raise UsageError(_EMBED_INLINE.format(where=embed.where, form="the form is inline (the default)"))
+    if form.parse("form", FIELD_PARSERS["form"]) == "inline":
+        raise UsageError(_EMBED_INLINE.format(where=embed.where, form=f"{form.where}{form.sep}'inline'"))

@@ -318,7 +318,7 @@ class HasJournal(Protocol):
     def journal(self) -> Path: ...
 
 
-_FIELDS = [n for n in JOURNAL_SCHEMA.names if n not in ("run_id", "model")]
+_FIELDS = [n for n in JOURNAL_SCHEMA.names if n not in ("run_id", "model", "models_tried")]
 
 
 class JournalWriter:
@@ -330,7 +330,8 @@ class JournalWriter:
 
     def __init__(self, run_dir: HasJournal, run_id: str, model: str) -> None:
         self.path = log_path(run_dir.journal, next_seq(run_dir.journal))
-        self._prefix = orjson.dumps({"run_id": run_id, "model": model})[:-1] + b","
+        self.model = model
+        self._prefix = orjson.dumps({"run_id": run_id})[:-1] + b","
         try:
             # 0666: the umask applies, as to any file the user's tools create
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
@@ -350,6 +351,10 @@ class JournalWriter:
             raise self.error
         o = outcome
         record = {n: getattr(o, n) for n in _FIELDS}
+        record["model"] = o.model or self.model
+        # a row sent to no model (invalid input, a document too large to embed) tried none
+        tried = o.models_tried if o.models_tried is not None else ((record["model"],) if o.attempts else ())
+        record["models_tried"] = list(tried)
         record["started_at"] = round(o.started_at * 1e6)
         record["completed_at"] = round(o.completed_at * 1e6)
         if o.doc_last_modified is not None:

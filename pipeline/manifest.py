@@ -39,11 +39,14 @@ import pyarrow.parquet as pq
 from .arrowutil import int_scalar, numeric, string_scalar, strings
 from .config import DEFAULT_TEMPLATE, JobConfig
 from .errors import ManifestError
+from .forms import Form, parse_form
 from .idset import IdIndex, hash_ids
 from .records import Row
 from .schema import RESERVED_NAMES
 from .signedurl import canonical_url, ignored_names
 
+FORM_ALIASES = ("form",)
+MODEL_ALIASES = ("model",)
 URL_ALIASES = ("file_url", "url", "file")
 QUESTION_ALIASES = ("question", "prompt")
 ID_ALIASES = ("id",)
@@ -88,6 +91,8 @@ class Columns:
     id: str | None
     passthrough: tuple[str, ...]  # manifest names, in manifest order
     output_names: tuple[str, ...]  # what each passthrough column is called in the results
+    form: str | None = None  # a row's message form (pipeline/forms.py); also passed through
+    model: str | None = None  # a row's model (pipeline/models.py); also passed through (as input_model)
 
 
 class Manifest:
@@ -115,7 +120,9 @@ class Manifest:
         ident = _pick(names, cfg.id_column, ID_ALIASES, "id", self.path)
         passthrough = tuple(n for n in names if n not in (url, question))
         output = tuple(f"input_{n}" if n in RESERVED else n for n in passthrough)
-        self.columns = Columns(url, question, ident, passthrough, output)
+        form = _pick(names, cfg.form_column, FORM_ALIASES, "form", self.path)
+        model = _pick(names, cfg.model_column, MODEL_ALIASES, "model", self.path)
+        self.columns = Columns(url, question, ident, passthrough, output, form, model)
         self._template_fields = self._check_template(cfg.template, names)
         self._hash_prefix = hash_prefix(cfg)
         self._ignore_query = ignored_names(cfg.ignore_query)
@@ -284,7 +291,7 @@ class Manifest:
                 self._content(u.strip(), q, extra[i] if extra is not None else None)
                 for i, (u, q) in enumerate(zip(urls, questions, strict=True))
             ]
-            ids = batch.column(c.id).cast(pa.string()) if c.id else strings([self.request_id_for(x) for x in contents])
+            ids = batch.column(c.id).cast(pa.string()) if c.id else _hashed_ids(self, batch, contents)
             indices = numeric(np.arange(index, index + batch.num_rows, dtype=np.int64))
             index += batch.num_rows
             batch = batch.append_column("__row_index", indices)
@@ -316,6 +323,8 @@ class Manifest:
             urls = _as_text(batch.column(c.file_url))
             questions = _as_text(batch.column(c.question))
             row_index = batch.column("__row_index").to_pylist()
+            forms, models = _routes(batch, c, self.cfg)
+            embed = self.cfg.embed
             out = []
             for i in positions:
                 url, q = urls[i], questions[i]
@@ -326,8 +335,10 @@ class Manifest:
                         file_url=url,
                         question=q,
                         content=contents[i],
-                        invalid=_invalid(url, q),
-                        reuse_key=self.reuse_key_for(url.strip(), contents[i]),
+                        invalid=_invalid(url, q) or _invalid_form(forms[i]),
+                        reuse_key=self.reuse_key_for(url.strip(), _identity(contents[i], forms[i], models[i], embed)),
+                        model=models[i],
+                        form=forms[i],
                     )
                 )
             yield out
@@ -367,6 +378,58 @@ def _invalid(url: str, question: str) -> str | None:
         return f"file_url is not an http(s) URL: {u[:80]!r}"
     if not question.strip():
         return "question is empty"
+    return None
+
+
+def _routes(batch: pa.RecordBatch, c: Columns, cfg: JobConfig) -> tuple[list[str], list[str | None]]:
+    """Each row's form (as given: "auto" stays, a bad cell stays as written) and model
+    (None: the run's), from the form and model columns when the manifest has them."""
+    forms = [cfg.form] * batch.num_rows
+    if c.form is not None:
+        forms = [f.strip().lower() or cfg.form for f in _as_text(batch.column(c.form))]
+    models: list[str | None] = [None] * batch.num_rows
+    if c.model is not None:
+        models = [
+            None if not m.strip() or m.strip() == cfg.model else m.strip() for m in _as_text(batch.column(c.model))
+        ]
+    return forms, models
+
+
+def _hashed_ids(m: Manifest, batch: pa.RecordBatch, contents: list[str]) -> pa.Array[Any]:
+    """The request_ids of a batch of a manifest without an id column."""
+    c, cfg = m.columns, m.cfg
+    if c.form is None and c.model is None and cfg.form == "inline":
+        return strings([m.request_id_for(x) for x in contents])
+    forms, models = _routes(batch, c, cfg)
+    return strings([m.request_id_for(_identity(x, f, model, cfg.embed))
+                    for x, f, model in zip(contents, forms, models, strict=True)])  # fmt: skip
+
+
+def _identity(content: str, form: str, model: str | None, embed: bool) -> str:
+    """What request_id hashes besides the prefix: the content, plus the form and the row's
+    model when they are not today's inline text to the run's model (so those ids are unchanged)."""
+    if form == "inline" and model is None:
+        return content
+    return content + "\x1f" + orjson.dumps([form, model, embed]).decode()
+
+
+def manifest_models(m: Manifest) -> set[str]:
+    """Every model a row of the manifest names (the model column's distinct values)."""
+    column = m.columns.model
+    if column is None:
+        return set()
+    import pyarrow.compute as pc  # only with a model column
+
+    found: set[str] = set()
+    for batch in m._raw_batches([column] if m.format == "parquet" else None):
+        values = pc.unique(batch.column(column).cast(pa.string())).to_pylist()
+        found.update(v.strip() for v in values if v is not None and v.strip())
+    return found
+
+
+def _invalid_form(form: str) -> str | None:
+    if parse_form(form) is None:
+        return f"form {form[:40]!r} is not one of {', '.join(f.value for f in Form)}"
     return None
 
 

@@ -34,6 +34,20 @@ class Row:
     content: str  # the user message as it will be sent (template applied)
     invalid: str | None = None  # why the row cannot be sent, if it cannot
     reuse_key: int | None = None  # the request's identity for reuse (pipeline/reuse.py)
+    # issue 15 (pipeline/forms.py, models.py, embed.py)
+    model: str | None = None  # the model to ask; None: the run's model
+    form: str | None = None  # inline | image_url | file | auto: how the document is sent; None: the run's
+    document: Document | None = None  # the fetched bytes (--embed), only while the row is in flight
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A document docpipe fetched itself (``--embed``), ready to send as a ``data:`` URL."""
+
+    data_url: str  # data:<content type>;base64,<bytes>
+    filename: str
+    content_type: str
+    size: int  # bytes fetched
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +96,8 @@ class Outcome:
     doc_last_modified: float | None = None  # epoch seconds
     doc_bytes: int | None = None
     reuse_key: int | None = None
+    model: str | None = None  # the model that answered (or was asked last); None: the run's model
+    models_tried: tuple[str, ...] | None = None  # in order, ending with ``model`` (fallbacks)
 
 
 @dataclass(frozen=True)
@@ -180,4 +196,5 @@ def make_outcome(
         gateway_request_id=c.gateway_request_id if c else (f.gateway_request_id if f else None),
         cost_usd=cost,
         reuse_key=row.reuse_key,
+        model=row.model,
     )

@@ -35,12 +35,14 @@ from .arrowutil import string_scalar
 from .budget import BudgetGuard, check_before_start, estimate_rows
 from .config import JobConfig, seconds_until
 from .control import StopControl
+from .embed import DocumentFetcher
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
 from .incremental import Gate, doc_heads, reuse_index
 from .journal import JournalWriter
 from .limits import Breaker, Pacer
-from .manifest import Manifest
+from .manifest import Manifest, manifest_models
 from .memory import release_memory
+from .models import ModelRouter
 from .pool import Pool
 from .presign import PresigningClient  # s3:// documents presigned per attempt; others untouched
 from .records import Outcome, RunSummary
@@ -84,6 +86,7 @@ class Run:
         self.pacer = pacer_for(cfg)
         self.journal: JournalWriter | None = None  # opened once the folder's lock is held
         self.asker = asker_for(cfg)  # structured answers: the schema's columns, checks and the run's mode
+        self.models, self.fetcher = ModelRouter(cfg, self.pacer.breaker), DocumentFetcher(cfg)  # models, --embed
         self._signals = 0
 
     # -- the run -----------------------------------------------------------------
@@ -105,6 +108,7 @@ class Run:
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
+        self.models.join(await asyncio.to_thread(manifest_models, manifest))  # a model column's models
         prior, reused, skip_prior = _prior(self.run_dir, manifest, cfg, self.asker)
         skip = self.run_dir.skip_index(cfg.retry_failed, skip_prior)
         prior_counts = _prior_counts(prior, cfg.retry_failed)
@@ -123,8 +127,9 @@ class Run:
         for outcome in reused:  # stored answers that fit a changed schema: no request
             self._record(outcome)
         with self._signal_handlers():
-            async with PresigningClient(cfg) as client, doc_heads(cfg) as heads, self._background():
-                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker)
+            async with PresigningClient(cfg) as client, doc_heads(cfg) as heads, self.fetcher, self._background():
+                sender = RowSender(cfg, client, self.pacer, budget, self.stop, self.record, self.asker,
+                                   models=self.models, fetcher=self.fetcher)  # fmt: skip
                 gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
                             stop=self.stop, heads=heads, index=index)  # fmt: skip
                 pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
@@ -224,6 +229,7 @@ class Run:
             info = self.record.info(summary)
             if self.asker is not None:
                 info.update(self.asker.mode.info())
+            info.update(self.models.info(), **self.fetcher.info())
             self.run_dir.write_run_info(info)
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)
@@ -268,7 +274,7 @@ class Run:
         if self.progress is not None:
             coros.append(self._tick(self.progress))
         if cfg.deadline or cfg.max_runtime:
-            coros.append(self._deadline())
+            coros.append(_deadline(cfg, self.stop))
         tasks = [asyncio.create_task(c) for c in coros]
         try:
             yield
@@ -292,21 +298,22 @@ class Run:
             self.record.sample(self.pacer.slots)
             await asyncio.sleep(interval)
 
-    async def _deadline(self) -> None:
-        cfg = self.cfg
-        waits = []
-        if cfg.max_runtime:
-            waits.append((cfg.max_runtime, f"max runtime {cfg.max_runtime:g} s reached"))
-        if cfg.deadline:
-            waits.append((seconds_until(cfg.deadline, datetime.now()), f"deadline {cfg.deadline} reached"))
-        delay, reason = min(waits)
-        await asyncio.sleep(max(0.0, delay))
-        self.stop.request(reason)
-
     async def _tick(self, display: ProgressDisplay) -> None:
         while True:
             await asyncio.sleep(display.interval)
             display.update(self.record.snapshot(self.pacer.slots))
+
+
+async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
+    """Stop the run at ``--deadline`` or after ``--max-runtime``, whichever comes first."""
+    waits = []
+    if cfg.max_runtime:
+        waits.append((cfg.max_runtime, f"max runtime {cfg.max_runtime:g} s reached"))
+    if cfg.deadline:
+        waits.append((seconds_until(cfg.deadline, datetime.now()), f"deadline {cfg.deadline} reached"))
+    delay, reason = min(waits)
+    await asyncio.sleep(max(0.0, delay))
+    stop.request(reason)
 
 
 async def _import_finish(delay: float = 1.0) -> None:

@@ -51,6 +51,8 @@ _JOURNAL_FIELDS: list[pa.Field[Any]] = [
     pa.field("doc_last_modified", TS),
     pa.field("doc_bytes", pa.int64()),
     pa.field("reuse_key", pa.int64()),
+    # fallbacks (pipeline/models.py): the models a row was asked of, in order, ending with `model`
+    pa.field("models_tried", pa.list_(pa.string())),
 ]
 JOURNAL_SCHEMA = pa.schema(_JOURNAL_FIELDS)
 

@@ -34,16 +34,20 @@ from .budget import BudgetGuard, completion_estimate, prompt_estimate
 from .client import GatewayClient, short
 from .config import JobConfig
 from .control import StopControl, Stopped
+from .embed import DocumentFetcher
 from .errors import (
     GatewayUnreachable,
     NoChannel,
     RateLimited,
     RequestError,
     RetryableError,
+    RowFatalError,
     RunFatalError,
     UnreadableDocument,
 )
+from .fallback import answer_row
 from .limits import Pacer, Sleep
+from .models import ModelRouter
 from .records import Completion, Failure, Outcome, Row, make_outcome
 from .retry import retrying, should_retry, wait_for
 from .runrecord import RunRecord
@@ -100,6 +104,9 @@ class RowSender:
         stop: StopControl,
         record: RunRecord,
         asker: Asker | None = None,
+        *,
+        models: ModelRouter | None = None,
+        fetcher: DocumentFetcher | None = None,
     ) -> None:
         self.cfg = cfg
         self.client = client
@@ -110,7 +117,9 @@ class RowSender:
         self.asker = asker  # structured answers (pipeline/structured): one conversation per row
         self._completion_estimate = completion_estimate(cfg)
         self._sending = 0  # requests on the wire (the budget reserves for them)
-        self._no_channel_streak = 0
+        # per-model no-channel, breaker and fallbacks (pipeline/models.py, fallback.py)
+        self.models = models if models is not None else ModelRouter(cfg, pacer.breaker)
+        self.fetcher = fetcher  # --embed: the document's bytes (pipeline/embed.py)
         self._unreachable_streak = 0
         self._gateway_answered = False  # any HTTP response at all, this run
         # where a row waits out its back-off or Retry-After: the pool's rest lends its seat to
@@ -118,7 +127,15 @@ class RowSender:
         self.rest: Sleep = stop.sleep
 
     async def send(self, row: Row) -> Outcome | None:
-        """Answer ``row``: its Outcome, or None when the run stopped before it was answered."""
+        """Answer ``row`` (its model, then its fallbacks): its Outcome, or None when the run
+        stopped before it was answered."""
+        outcome = await answer_row(row, self._send_to, self.models, self.fetcher)
+        if outcome is not None:
+            self.record.sent_rows += 1
+        return outcome
+
+    async def _send_to(self, row: Row) -> Outcome | None:
+        """Answer ``row`` from ``row.model`` alone."""
         cfg = self.cfg
         tries = _Attempts(cfg.max_attempts, cfg.unreadable_retries)
         started = time.time()
@@ -133,12 +150,11 @@ class RowSender:
         except RequestError as e:
             if self.stop.is_set and isinstance(e, RetryableError) and not tries.exhausted():
                 return None  # interrupted between retries: pending, not failed
-            self.record.sent_rows += 1
             failure = Failure(e.error_type, short(e.message), e.http_status, e.gateway_request_id)
             return make_outcome(row, None, failure=failure, started=started, completed=time.time(),
                                 attempts=tries.count, latency=tries.latency, cost=None)  # fmt: skip
-        self.record.sent_rows += 1
-        cost = cfg.cost(completion.prompt_tokens, completion.completion_tokens, requests=max(1, tries.answered))
+        cost = cfg.cost(completion.prompt_tokens, completion.completion_tokens, requests=max(1, tries.answered),
+                        model=row.model)  # fmt: skip
         return make_outcome(row, completion, failure=invalid, started=started, completed=time.time(),
                             attempts=tries.count, latency=tries.latency, cost=cost)  # fmt: skip
 
@@ -182,7 +198,9 @@ class RowSender:
         raise AssertionError("tenacity ended without a result")  # pragma: no cover
 
     def _retry_on(self, row: Row, tries: _Attempts, e: BaseException) -> bool:
-        ok = should_retry(e, tries.unreadable_left)
+        # a model the run now knows has no channel: on to the row's next model, not another try
+        unserved = isinstance(e, NoChannel) and self.models.unserved(row.model) is not None
+        ok = should_retry(e, tries.unreadable_left) and not unserved
         if isinstance(e, UnreadableDocument):
             tries.unreadable_left -= 1
         if isinstance(e, RequestError):
@@ -195,7 +213,7 @@ class RowSender:
 
     async def _attempt(self, row: Row, tries: _Attempts, estimate: int, turn: Turn | None) -> Completion:
         tries.count += 1
-        breaker = self.pacer.breaker
+        breaker = self.models.breaker(row.model)
         if breaker.is_open:
             async with breaker.lock:
                 if breaker.is_open:  # still open once our turn came: this row is the probe
@@ -225,26 +243,26 @@ class RowSender:
                 tries.latency = time.monotonic() - t0
                 if isinstance(e, RateLimited):
                     tries.rate_limited += 1
-                await self._failed(e, probe=probe, first_attempt=tries.count == 1)
+                await self._failed(e, row.model, probe=probe, first_attempt=tries.count == 1)
                 raise
             finally:
                 self._sending -= 1
             tries.latency = time.monotonic() - t0
-            self._answered(completion, tries.latency)
+            self._answered(completion, tries.latency, row.model)
             return completion
         finally:
             pacer.slots.release()
 
-    def _answered(self, completion: Completion, latency: float) -> None:
+    def _answered(self, completion: Completion, latency: float, model: str | None) -> None:
         self._gateway_answered = True
-        self._no_channel_streak = 0
+        self.models.answered(model)
         if self.budget.active:
-            self.budget.record(completion.total_tokens,
-                               self.cfg.cost(completion.prompt_tokens, completion.completion_tokens))  # fmt: skip
-        self.pacer.breaker.success()
+            cost = self.cfg.cost(completion.prompt_tokens, completion.completion_tokens, model=model)
+            self.budget.record(completion.total_tokens, cost)
+        self.models.breaker(model).success()
         self.pacer.answered(completion.total_tokens, latency)
 
-    async def _failed(self, e: RequestError, *, probe: bool, first_attempt: bool) -> None:
+    async def _failed(self, e: RequestError, model: str | None, *, probe: bool, first_attempt: bool) -> None:
         """Account a failed attempt; raises RunFatalError when it must stop the run."""
         self.record.attempt_failed(e.error_type)
         if e.http_status is not None:
@@ -254,25 +272,23 @@ class RowSender:
             # an over-limit slot would otherwise churn out one instant 429 after another
             await self.stop.sleep(hold)
         if isinstance(e, RunFatalError):
+            if e.error_type == "no_channel":
+                stop = self.models.no_channel(model, e, at_once=True)
+                if stop is None:  # model not found while other models of the run may answer: on to the next
+                    raise RowFatalError(e.message, error_type="no_channel", http_status=e.http_status,
+                                        gateway_request_id=e.gateway_request_id) from None  # fmt: skip
+                e = stop
             self._abort(e)
             return
-        self._check_no_channel(e)
+        if isinstance(e, NoChannel) and (stop := self.models.no_channel(model, e)) is not None:
+            raise self._abort(stop)
         self._check_unreachable(e)
         counts = isinstance(e, RetryableError) and not isinstance(e, (RateLimited, NoChannel))
-        if counts and self.pacer.breaker.failure(probe=probe, first_attempt=first_attempt):
-            b = self.pacer.breaker
+        if counts and self.models.breaker_failed(model, probe=probe, first_attempt=first_attempt):
+            b = self.models.breaker(model)
             raise self._abort(RunFatalError(
                 f"the gateway kept failing: {b.failures} errors in a row and {b.probes_failed} failed probes; "
                 f"last: {e.message}", error_type=e.error_type, http_status=e.http_status))  # fmt: skip
-
-    def _check_no_channel(self, e: RequestError) -> None:
-        if not isinstance(e, NoChannel):
-            return
-        self._no_channel_streak += 1
-        if self._no_channel_streak >= self.cfg.no_channel_attempts:
-            raise self._abort(RunFatalError(
-                f"model {self.cfg.model!r} is not served for this key's group ({e.message})",
-                error_type="no_channel", http_status=e.http_status))  # fmt: skip
 
     def _check_unreachable(self, e: RequestError) -> None:
         if not isinstance(e, GatewayUnreachable) or self._gateway_answered:

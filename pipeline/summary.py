@@ -43,6 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .agreement import QuestionAgreement, agreement, format_agreement
 from .errors import UsageError
 from .records import Ended, Status
 from .report import JsonRecord, dumps, finite_float
@@ -52,7 +53,7 @@ from .storage import JOURNAL_DIR, RESULTS_FILE, atomic_write_table
 
 __all__ = [
     "AnswerField", "ChangedAnswer", "CountDelta", "DiffReport", "FailedRow", "LatencyStats", "MergeReport",
-    "MergeSource",
+    "MergeSource", "QuestionAgreement",
     "RunRef", "SlowRow", "Source", "SummaryReport", "Throughput", "TokenDeltas", "TokenTotals", "ValueDelta",
     "diff", "dumps", "format_diff", "format_merge", "format_summary_report", "merge", "summarize",
 ]  # fmt: skip
@@ -67,7 +68,7 @@ _SUMMARY_COLUMNS = ["request_id", "file_url", "status", "error_type", "error_mes
                     "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms",
                     "attempts", "run_id", "reused_from"]  # fmt: skip
 _DIFF_COLUMNS = ["request_id", "file_url", "question", "answer", "status", "prompt_tokens",
-                 "completion_tokens", "total_tokens", "cost_usd"]  # fmt: skip
+                 "completion_tokens", "total_tokens", "cost_usd", "model"]  # fmt: skip
 _DIFF_KEYS: dict[str, list[str]] = {"request_id": ["request_id"], "content": ["file_url", "question"]}
 _INT_COLUMNS = {"prompt_tokens", "completion_tokens", "total_tokens", "http_status", "attempts"}
 _FLOAT_COLUMNS = {"cost_usd", "latency_ms"}
@@ -254,6 +255,11 @@ class DiffReport(JsonRecord):
     new_ids: tuple[str | None, ...]
     gone_ids: tuple[str | None, ...]
     changed_file: str | None
+    # agreement per question (pipeline/agreement.py): runs with different models, or two nights
+    models_a: tuple[str, ...] = ()
+    models_b: tuple[str, ...] = ()
+    agreement: float | None = None
+    by_question: tuple[QuestionAgreement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +586,8 @@ def diff(
     st = common["status_a"].astype(str) + "->" + common["status_b"].astype(str)
     st = st[common["status_a"].to_numpy() != common["status_b"].to_numpy()]
     only_b, only_a = both[both["_merge"] == "right_only"], both[both["_merge"] == "left_only"]
+    share, by_question = agreement(common[_side("question", on, "b")], common["answer_a"], common["answer_b"],
+                                   common["status_a"] == "ok", common["status_b"] == "ok")  # fmt: skip
     changed_file = None
     if out_changed is not None:
         target = Path(out_changed)
@@ -598,8 +606,14 @@ def diff(
                        for r in changed.head(5).to_dict("records")),
         new_ids=tuple(_opt_str(x) for x in only_b[_side("request_id", on, "b")].head(TOP)),
         gone_ids=tuple(_opt_str(x) for x in only_a[_side("request_id", on, "a")].head(TOP)),
-        changed_file=changed_file,
+        changed_file=changed_file, models_a=_models(da), models_b=_models(db), agreement=share,
+        by_question=by_question,
     )  # fmt: skip
+
+
+def _models(df: pd.DataFrame) -> tuple[str, ...]:
+    """The models that answered (or were asked last) in a run, most rows first."""
+    return tuple(str(m) for m in df["model"].dropna().astype(str).value_counts().index)
 
 
 def _side(name: str, on: list[str], side: str) -> str:
@@ -662,6 +676,8 @@ def format_diff(d: DiffReport) -> str:
         f"cost: {_fmt(c.a, money=True)} -> {_fmt(c.b, money=True)} ({_signed(c.delta, money=True)})",
         f"failure rate: {_fmt(f.a, pct=True)} -> {_fmt(f.b, pct=True)} ({_signed(f.delta, pct=True)})",
     ]
+    models = f" ({'/'.join(d.models_a) or '?'} vs {'/'.join(d.models_b) or '?'})" if d.models_a != d.models_b else ""
+    lines += format_agreement(d.agreement, d.by_question, models)
     if d.status_changes:
         lines.append("status changes: " + ", ".join(f"{k} {n}" for k, n in sorted(d.status_changes.items())))
     for e in d.examples:

@@ -360,7 +360,8 @@ def test_records_serialise_to_the_documented_json_keys(tmp_path: Path) -> None:
     assert isinstance(d, DiffReport)
     assert list(d.to_dict()) == ["a", "b", "key", "rows_a", "rows_b", "common", "changed", "unchanged", "new",
                                  "gone", "status_changes", "tokens", "cost_usd", "failure_rate", "examples",
-                                 "new_ids", "gone_ids", "changed_file"]  # fmt: skip
+                                 "new_ids", "gone_ids", "changed_file", "models_a", "models_b", "agreement",
+                                 "by_question"]  # fmt: skip
     assert d.to_dict()["tokens"]["total"] == {"a": 0, "b": 0, "delta": 0}
     assert list(d.to_dict()["examples"][0]) == ["request_id", "question", "answer_a", "answer_b"]
 

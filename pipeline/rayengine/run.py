@@ -219,7 +219,8 @@ def _interruptible(batches: Any) -> Iterator[pa.Table | None]:
 def _outcomes(batch: pa.Table) -> list[Outcome]:
     """The journal records of an outcome batch (the sender's columns back into Outcomes)."""
     out = []
-    names = [n for n in _OUTCOME_FIELDS if n != "reuse_key"]
+    # fields the UDF does not return keep the Outcome's defaults; reuse_key rides in its own column
+    names = [n for n in _OUTCOME_FIELDS if n != "reuse_key" and n in batch.column_names]
     for r in batch.select([ROW_INDEX, REUSE_KEY, "request_id", *names]).to_pylist():
         index = r.pop(ROW_INDEX)
         r["row_index"] = -1 if index is None else index
@@ -233,7 +234,9 @@ _OUTCOME_FIELDS = [f.name for f in dataclasses.fields(Outcome) if f.name not in 
 
 
 def _outcome(r: dict[str, Any]) -> Outcome:
-    values = {n: r[n] for n in _OUTCOME_FIELDS}
+    values = {n: r[n] for n in _OUTCOME_FIELDS if n in r}
+    if values.get("models_tried") is not None:
+        values["models_tried"] = tuple(values["models_tried"])
     values["status"] = Status(values["status"])
     for name in ("started_at", "completed_at", "doc_last_modified"):  # Outcome keeps epoch seconds
         values[name] = None if values[name] is None else values[name].timestamp()

@@ -155,7 +155,11 @@ def with_outcomes(batch: pa.Table, outcomes: list[Outcome], model: str, run_id: 
     """``batch`` without the content column, plus the outcome columns (JOURNAL_SCHEMA types)."""
     n = len(outcomes)
     values: dict[str, Any] = {
-        "model": [model] * n,
+        "model": [o.model or model for o in outcomes],  # the model that answered (fallbacks: pipeline/fallback.py)
+        "models_tried": [
+            list(o.models_tried) if o.models_tried is not None else ([o.model or model] if o.attempts else [])
+            for o in outcomes
+        ],
         "run_id": [run_id] * n,
         "status": [str(o.status) for o in outcomes],
     }

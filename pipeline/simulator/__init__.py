@@ -28,7 +28,8 @@ Endpoints (base URL ``http://HOST:PORT/v1``)
 ``POST /v1/chat/completions``
     Gates, in order (a gate answers or lets the request through):
     auth (401 "无效的令牌") -> body (400) -> model (``no_channel``: 503 "当前分组
-    default 下对于模型 M 无可用渠道") -> quota (401 "该令牌额度已用尽" or 403
+    default 下对于模型 M 无可用渠道"; only the ``no_channel_models`` when set; 404
+    ``model_not_found`` for the ``missing_models``) -> quota (401 "该令牌额度已用尽" or 403
     ``insufficient_user_quota``) -> capacity (429, empty body, no Retry-After) ->
     rpm (429 with Retry-After) -> response_format (400 naming it, when
     ``response_format = "reject"``) -> fault (directives / random fault mix) -> upstream
@@ -43,6 +44,8 @@ Endpoints (base URL ``http://HOST:PORT/v1``)
     Control plane for tests and benchmarks (never checks the API key).
 ``GET /_sim/bodies``
     The chat request bodies received, in arrival order, when ``record_bodies`` is set.
+``GET /files/{name}?bytes=N``
+    A document of N deterministic bytes for ``--embed`` (:mod:`.files`, :func:`file_bytes`).
 Any other path (e.g. ``POST /chat/completions``, a base URL without ``/v1``)
     aiohttp's plain-text ``404: Not Found``, like a web server that is no gateway.
 
@@ -91,6 +94,7 @@ from __future__ import annotations
 
 from .answers import UNREADABLE_ANSWER, answer_for, sized_answer, usage_for
 from .config import SimConfig
+from .files import file_bytes
 from .kinds import DEFAULT_FAULT_KINDS, FAULT_KINDS, FaultKind
 from .plan import Plan, fault_for, plan_attempt
 from .server import SimServer, make_app, serve
@@ -109,6 +113,7 @@ __all__ = [
     "SimServer",
     "answer_for",
     "fault_for",
+    "file_bytes",
     "make_app",
     "plan_attempt",
     "serve",

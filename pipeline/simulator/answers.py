@@ -4,7 +4,8 @@ compute the expected result of every manifest row.
 The answer depends on the requested model and on the *last user message* content
 only (system and earlier messages are ignored), so adding a system prompt does not
 change it. For the OpenAI vision list form, the content is the text parts and image
-URLs joined with one space, in order.
+URLs joined with one space, in order; a ``file`` part contributes its ``file_url`` or,
+embedded, its ``file_data``.
 """
 
 from __future__ import annotations
@@ -119,4 +120,7 @@ def _part_text(part: Any) -> str | None:
     if ptype == "image_url":
         iu = part.get("image_url")
         return str(iu.get("url", "") if isinstance(iu, dict) else iu)
+    if ptype == "file":
+        f = part.get("file")
+        return str(f.get("file_url") or f.get("file_data") or "") if isinstance(f, dict) else None
     return None

@@ -33,6 +33,9 @@ class SimConfig:
     quota_requests: int | None = None
     quota_style: str = "401"
     no_channel: bool = False
+    # models this key's group has no channel for (503 "无可用渠道" for them alone; issue 15)
+    no_channel_models: tuple[str, ...] = ()
+    missing_models: tuple[str, ...] = ()  # models answered 404 model_not_found
     stream_usage: bool = True
     models_shape: str = "openai"
     models: tuple[str, ...] = ("gpt-4o-all", "gpt-4-all", "gpt-4o", "gpt-4o-mini")
@@ -54,6 +57,8 @@ class SimConfig:
         set_(self, "fault_kinds", _names(self.fault_kinds))
         set_(self, "schema_fault_kinds", _names(self.schema_fault_kinds))
         set_(self, "models", _names(self.models))
+        set_(self, "no_channel_models", _names(self.no_channel_models))
+        set_(self, "missing_models", _names(self.missing_models))
         set_(self, "model_alias", _pairs(self.model_alias))
         _validate(self)
 
@@ -78,6 +83,8 @@ class SimConfig:
         d["fault_kinds"] = list(self.fault_kinds)
         d["schema_fault_kinds"] = list(self.schema_fault_kinds)
         d["models"] = list(self.models)
+        d["no_channel_models"] = list(self.no_channel_models)
+        d["missing_models"] = list(self.missing_models)
         d["model_alias"] = [list(p) for p in self.model_alias]
         return d
 

@@ -15,6 +15,12 @@ Per-document behaviours (``mode``), and a default for all others:
 ``head_hang``     HEAD never answers (the client's timeout must end it)
 ``fail``          HEAD and GET answer 500
 
+Documents of a chosen size for ``--embed`` (issue 15): ``GET /files/{name}?bytes=N``
+answers exactly N bytes (0..64 MiB) that :func:`file_bytes` computes from the name, with
+the Content-Type of its extension (``.png`` -> ``image/png``; ``?type=...`` overrides,
+``?type=`` sends none), ``Content-Length`` and an ETag of the bytes; ``?status=NNN``
+answers that status instead (a missing document: ``?status=404``).
+
 Control plane: ``POST /_sim/files`` with a JSON object ``{"change": [names],
 "mode": {name: mode}, "default": mode, "reset": true}`` (each key optional;
 ``reset`` zeroes the counters); ``GET /_sim/files``: the counters (``heads``,
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import mimetypes
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -34,6 +41,7 @@ from aiohttp import web
 
 from . import responses as r
 
+MAX_BYTES = 64 * 1024 * 1024
 MODES = ("normal", "weak", "no_etag", "no_meta", "head_refused", "head_hang", "fail")
 _EPOCH = 1_780_000_000  # 2026-05-28: documents' base Last-Modified
 
@@ -79,6 +87,9 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
     """``GET|HEAD /files/{name}``: the document's metadata (and, for GET, its bytes)."""
     files = request.app[FILES]
     name = request.match_info["name"]
+    if request.method == "GET" and ("bytes" in request.query or "status" in request.query):
+        files.counts["gets"] += 1
+        return _sized(request, name)
     mode = files.modes.get(name, files.default)
     head = request.method == "HEAD"
     ranged = not head and request.headers.get("Range", "").startswith("bytes=0-")
@@ -102,6 +113,32 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
         headers["Content-Range"] = f"bytes 0-0/{size}"
         return web.Response(status=206, body=b"%", headers=headers)
     return web.Response(status=200, body=(b"%PDF-1.4\n" + tag.encode() * size)[:size], headers=headers)
+
+
+def file_bytes(name: str, size: int) -> bytes:
+    """The ``size`` bytes ``GET /files/{name}?bytes=size`` serves."""
+    block = hashlib.blake2b(name.encode(), digest_size=64).digest()
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _sized(request: web.Request, name: str) -> web.Response:
+    """``?bytes=N`` / ``?status=NNN``: see the module docstring."""
+    query = request.query
+    try:
+        status = int(query.get("status", 200))
+        size = int(query.get("bytes", 1000))
+    except ValueError:
+        return web.Response(status=400, text="bytes and status must be integers")
+    if status != 200:
+        return web.Response(status=status, text=f"simulated document status {status}")
+    if not 0 <= size <= MAX_BYTES:
+        return web.Response(status=400, text=f"bytes must be from 0 to {MAX_BYTES}")
+    data = file_bytes(name, size)
+    ctype = query.get("type", mimetypes.guess_type(name)[0] or "application/octet-stream")
+    headers = {"ETag": f'"{hashlib.blake2b(data, digest_size=8).hexdigest()}"'}
+    if ctype:
+        headers["Content-Type"] = ctype
+    return web.Response(body=data, headers=headers)
 
 
 async def files_get(request: web.Request) -> web.Response:

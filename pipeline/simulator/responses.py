@@ -69,6 +69,13 @@ def no_channel(model: str) -> web.Response:
     return json_response(503, error_body(f"当前分组 default 下对于模型 {model} 无可用渠道", "new_api_error"))
 
 
+def model_not_found(model: str) -> web.Response:
+    """404 ``model_not_found``: the OpenAI-style answer for a model the gateway does not know."""
+    body = error_body(f"The model `{model}` does not exist", "invalid_request_error", param=None,
+                      code="model_not_found")  # fmt: skip
+    return json_response(404, body)
+
+
 def quota_exhausted(style: str) -> web.Response:
     """401 token quota used up, or 403 insufficient user balance."""
     return json_response(403, QUOTA_403_BODY) if style == "403" else json_response(401, QUOTA_401_BODY)
