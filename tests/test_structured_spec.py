@@ -13,7 +13,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ERROR_TYPES, UsageError
-from pipeline.structured import Checker, Problem, SchemaProblem, answer_columns, compile_spec, find_json, load_schema
+from pipeline.structured import Checker, Problem, SchemaProblem, compile_spec, find_json, load_schema
+from pipeline.structured.columns import answer_columns
 from tests.conftest import ROOT, cli, make_rows, write_csv
 
 INVOICE_PATH = ROOT / "pipeline/sample_inputs/invoices.schema.json"

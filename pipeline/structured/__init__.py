@@ -20,9 +20,19 @@ metadata (key ``docpipe.answer_schema``).
 from __future__ import annotations
 
 from .ask import INVALID_ANSWER, MODES, Asker, Mode, Turn, instruction, rejects_response_format
-from .columns import answer_columns
 from .extract import Checker, Problem, Verdict, find_json
 from .spec import METADATA_KEY, Column, SchemaProblem, Spec, compile_spec, load_schema
+
+
+def __getattr__(name: str) -> object:
+    """``answer_columns`` on first use: ``columns`` imports pyarrow.compute (0.1-0.3 s, it
+    parses every kernel's docstring), which must not stand before a run's first request."""
+    if name == "answer_columns":
+        from .columns import answer_columns
+
+        return answer_columns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "INVALID_ANSWER",
@@ -37,7 +47,6 @@ __all__ = [
     "Spec",
     "Turn",
     "Verdict",
-    "answer_columns",
     "compile_spec",
     "find_json",
     "instruction",
