@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Status(StrEnum):
@@ -98,6 +100,38 @@ class Outcome:
     reuse_key: int | None = None
     model: str | None = None  # the model that answered (or was asked last); None: the run's model
     models_tried: tuple[str, ...] | None = None  # in order, ending with ``model`` (fallbacks)
+
+
+def copied_outcome(old: Mapping[str, Any], request_id: str, row_index: int, **changes: Any) -> Outcome:
+    """An ok answer of an earlier run carried into this one without a request (``--reuse``, or a
+    changed schema it still fits): answer, usage, cost, times and answering model as stored,
+    ``attempts`` 0 and no latency; ``changes`` sets the rest (reused_from, document metadata)."""
+    tried = old.get("models_tried")
+    return Outcome(
+        request_id=request_id,
+        row_index=row_index,
+        status=Status.OK,
+        answer=old["answer"],
+        finish_reason=old["finish_reason"],
+        response_model=old["response_model"],
+        prompt_tokens=old["prompt_tokens"],
+        completion_tokens=old["completion_tokens"],
+        total_tokens=old["total_tokens"],
+        usage_estimated=bool(old["usage_estimated"]),
+        error_type=None,
+        error_message=None,
+        http_status=old["http_status"],
+        attempts=0,
+        latency_ms=None,
+        started_at=old["started_at"].timestamp(),
+        completed_at=old["completed_at"].timestamp(),
+        response_id=old["response_id"],
+        gateway_request_id=old["gateway_request_id"],
+        cost_usd=old["cost_usd"],
+        model=old.get("model"),
+        models_tried=tuple(tried) if tried is not None else None,
+        **changes,
+    )
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from .arrowutil import numeric, string_scalar
 from .docmeta import DocMeta
 from .errors import UsageError
 from .journal import is_log, iter_files, iter_log, journal_files
-from .records import Outcome, Row, Status
+from .records import Outcome, Row, Status, copied_outcome
 from .storage import JOURNAL_DIR
 
 log = logging.getLogger("docpipe")
@@ -252,30 +252,6 @@ class ReuseSink:
 
 
 def _outcome(old: dict[str, Any], row: Row, meta: DocMeta) -> Outcome:
-    return Outcome(
-        request_id=row.request_id,
-        row_index=row.index,
-        status=Status.OK,
-        answer=old["answer"],
-        finish_reason=old["finish_reason"],
-        response_model=old["response_model"],
-        prompt_tokens=old["prompt_tokens"],
-        completion_tokens=old["completion_tokens"],
-        total_tokens=old["total_tokens"],
-        usage_estimated=bool(old["usage_estimated"]),
-        error_type=None,
-        error_message=None,
-        http_status=old["http_status"],
-        attempts=0,
-        latency_ms=None,
-        started_at=old["started_at"].timestamp(),
-        completed_at=old["completed_at"].timestamp(),
-        response_id=old["response_id"],
-        gateway_request_id=old["gateway_request_id"],
-        cost_usd=old["cost_usd"],
-        reused_from=old["reused_from"] or old["run_id"],
-        doc_etag=meta.etag,
-        doc_last_modified=meta.last_modified,
-        doc_bytes=meta.size,
-        reuse_key=row.reuse_key,
-    )
+    return copied_outcome(old, row.request_id, row.index, reused_from=old["reused_from"] or old["run_id"],
+                          doc_etag=meta.etag, doc_last_modified=meta.last_modified, doc_bytes=meta.size,
+                          reuse_key=row.reuse_key)  # fmt: skip

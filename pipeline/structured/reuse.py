@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import JobConfig
-from ..records import Outcome, Status
+from ..records import Outcome, copied_outcome
 from ..rundir import RunDir
 from .extract import Checker
 
@@ -68,35 +68,10 @@ def reuse(run_dir: RunDir, manifest: Any, cfg: JobConfig, checker: Checker) -> t
                 continue
             valid = checker.check(answers[i]).ok
             if valid and old_id != row.request_id:
-                reused.append(_copy(ok.slice(i, 1).to_pylist()[0], row.request_id, row.index))
+                reused.append(copied_outcome(ok.slice(i, 1).to_pylist()[0], row.request_id, row.index))
             elif not valid and old_id == row.request_id:
                 stale.add(old_id)
     return reused, stale
-
-
-def _copy(old: dict[str, Any], request_id: str, row_index: int) -> Outcome:
-    return Outcome(
-        request_id=request_id,
-        row_index=row_index,
-        status=Status.OK,
-        answer=old["answer"],
-        finish_reason=old["finish_reason"],
-        response_model=old["response_model"],
-        prompt_tokens=old["prompt_tokens"],
-        completion_tokens=old["completion_tokens"],
-        total_tokens=old["total_tokens"],
-        usage_estimated=bool(old["usage_estimated"]),
-        error_type=None,
-        error_message=None,
-        http_status=old["http_status"],
-        attempts=0,
-        latency_ms=None,
-        started_at=old["started_at"].timestamp(),
-        completed_at=old["completed_at"].timestamp(),
-        response_id=old["response_id"],
-        gateway_request_id=old["gateway_request_id"],
-        cost_usd=old["cost_usd"],
-    )
 
 
 def mark_stale(prior: pa.Table, stale: set[str]) -> tuple[pa.Table, pa.Table]:
