@@ -442,38 +442,6 @@ def _gateway_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--job", metavar="FILE", help="TOML job file for the gateway settings."),
         click.option("--base-url", metavar="URL", help=_BASE_URL_HELP),
-        click.option(
-            "--fallback-model",
-            "fallback_models",
-            multiple=True,
-            metavar="MODEL",
-            help="Ask this model when the row's model has no channel, filters the content or cannot read "
-            "the document (repeat for more, in order).",
-        ),
-        click.option(
-            "--model-price",
-            "model_prices",
-            multiple=True,
-            metavar="MODEL=P/C[/R]",
-            help="USD per 1M prompt / completion tokens [/ per request] for one model (repeatable); "
-            "overrides the flat prices for it.",
-        ),
-        click.option(
-            "--model-column", metavar="NAME", help="Manifest column naming each row's model [default: model]."
-        ),
-        click.option(
-            "--form",
-            type=click.Choice(FORMS),
-            help="How the document is sent: inline text, image_url or file parts, or auto by type [default: inline].",
-        ),
-        click.option("--form-column", metavar="NAME", help="Manifest column naming each row's form [default: form]."),
-        click.option(
-            "--embed",
-            is_flag=True,
-            default=None,
-            help="Fetch each document and send its bytes as a data: URL (with --form image_url, file or auto).",
-        ),
-        click.option("--embed-max-bytes", metavar="N", help="Largest document --embed sends [default: 20 MiB]."),
         click.option("--api-key", metavar="KEY", help=_API_KEY_HELP),
         click.option("--api-key-file", metavar="PATH", help=_API_KEY_FILE_HELP),
         click.option("--timeout", metavar="DURATION", default="30", show_default=True, help="Per request."),
