@@ -56,7 +56,7 @@ _NO_TIME = np.iinfo(np.int64).min
 _INDEX_COLUMNS = ["reuse_key", "status", "completed_at", "doc_etag", "doc_last_modified", "doc_bytes"]
 _CARRIED = ["answer", "finish_reason", "response_model", "prompt_tokens", "completion_tokens", "total_tokens",
             "usage_estimated", "http_status", "started_at", "completed_at", "response_id", "gateway_request_id",
-            "cost_usd", "run_id", "reused_from"]  # fmt: skip
+            "cost_usd", "run_id", "reused_from", "model", "models_tried"]  # fmt: skip
 
 
 def source_folders(patterns: Sequence[str], out: str | None) -> list[Path]:
@@ -209,10 +209,14 @@ class _Source:
     def _table(self, i: int, group: int) -> pa.Table:
         """Row group ``group`` of file ``i`` (a whole log when -1); the last one read is kept."""
         if self._cache is None or self._cache[0] != (i, group):
+            # a folder written before a column existed (model, models_tried) lacks it: read what is there
             if group < 0:
-                table = pa.Table.from_batches(list(iter_log(self.files[i]))).select(_CARRIED)
+                whole = pa.Table.from_batches(list(iter_log(self.files[i])))
+                table = whole.select([c for c in _CARRIED if c in whole.column_names])
             else:
-                table = pq.ParquetFile(self.files[i]).read_row_group(group, columns=_CARRIED)
+                file = pq.ParquetFile(self.files[i])
+                present = [c for c in _CARRIED if c in file.schema_arrow.names]
+                table = file.read_row_group(group, columns=present)
             self._cache = ((i, group), table)
         return self._cache[1]
 

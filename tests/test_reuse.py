@@ -182,3 +182,19 @@ def test_reuse_settings_from_a_job_file_flags_and_their_errors(tmp_path: Path) -
     done = cli("run", str(manifest), "--out", str(tmp_path / "o"), "--reuse", str(tmp_path / "out"),
                "--no-doc-meta", "--base-url", "http://127.0.0.1:9/v1")  # fmt: skip
     assert done.returncode == 2 and "--no-doc-meta" in done.stderr
+
+
+def test_a_reused_answer_keeps_the_model_that_answered_it(tmp_path: Path, sim: Any) -> None:
+    # night 1: gpt-4o-all has no channel, gpt-4-all answers; night 2 copies those answers forward,
+    # and the rows must still say which model gave them (and that the first one was tried)
+    server = sim(latency_s=0.005, no_channel_models=("gpt-4o-all",))
+    manifest = write_csv(tmp_path / "m.csv", _docs(server, [f"d{i}.pdf" for i in range(6)]))
+    s1 = _run(manifest, tmp_path / "night1", server, fallback_models=["gpt-4-all"], concurrency=2)
+    assert s1.ok == 6
+    before = _requests(server)
+    s2 = _run(manifest, tmp_path / "night2", server, fallback_models=["gpt-4-all"], reuse=(str(tmp_path / "night1"),))
+    assert (s2.ok, s2.reused, _requests(server) - before) == (6, 6, 0)
+    for r in _results(tmp_path / "night2"):
+        tried = ["gpt-4o-all", "gpt-4-all"]
+        assert (r["model"], r["models_tried"], r["reused_from"]) == ("gpt-4-all", tried, s1.run_id)
+        assert r["answer"] == answer_for("gpt-4-all", f"{r['file_url']} {r['question']}")
