@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import UsageError
 from pipeline.records import RunSummary
 from pipeline.runner import run
 from pipeline.simulator.answers import answer_for
@@ -177,6 +178,16 @@ def test_a_bad_key_stops_the_whole_job_and_the_rows_stay_pending(local_ray: None
     assert (summary.exit_code, summary.ok, summary.failed, summary.pending) == (3, 0, 0, 200)
     assert "key" in (summary.reason or "")
     assert server.stats()["requests"] < 200  # stopped dispatching, not one 401 per row
+
+
+def test_what_the_actors_do_not_do_yet_is_refused_not_ignored(local_ray: None, sim: Any, tmp_path: Path) -> None:
+    # a per-row model column would otherwise be asked of the run's model: exit 2 before any request
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist([{**r, "model": "gpt-4-all"} for r in make_rows(5)]), manifest)
+    server = sim()
+    with pytest.raises(UsageError, match=r"--engine ray does not support the manifest's per-row model column 'model'"):
+        run(fast_config(manifest, tmp_path / "out", server, engine="ray", ray_actors=1))
+    assert server.stats()["requests"] == 0
 
 
 def test_answer_on_a_dataset_gives_every_row_its_outcome_columns_within_the_rpm_share(

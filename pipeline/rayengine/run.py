@@ -70,8 +70,7 @@ class RayRun(Run):
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
-        if cfg.reuse:
-            raise UsageError("--reuse is not supported by --engine ray yet: run that night with the asyncio engine")
+        _refuse_what_ray_lacks(cfg, manifest)
         prior, reused, skip_prior = _prior(self.run_dir, manifest, cfg, self.asker)
         skip = self.run_dir.skip_index(cfg.retry_failed, skip_prior)
         self.record.begin(manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows),
@@ -202,6 +201,18 @@ class RayRun(Run):
             self.run_dir.write_run_info(info)
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)
+
+
+def _refuse_what_ray_lacks(cfg: JobConfig, manifest: Manifest) -> None:
+    """What the actors do not do yet is refused before anything is sent, never ignored:
+    a per-row model or form would otherwise be asked of the run's model in the run's form."""
+    cols = manifest.columns
+    lacking = [f"the manifest's per-row {what} column {name!r}" for what, name in (("model", cols.model),
+               ("form", cols.form)) if name]  # fmt: skip
+    lacking += [flag for flag, on in (("--embed", cfg.embed), ("--reuse", bool(cfg.reuse))) if on]
+    if lacking:
+        raise UsageError(f"{manifest.path}: --engine ray does not support {' or '.join(lacking)} yet; "
+                         "run this job with the default engine (asyncio)")  # fmt: skip
 
 
 def _interruptible(batches: Any) -> Iterator[pa.Table | None]:
