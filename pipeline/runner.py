@@ -304,16 +304,24 @@ class Run:
             display.update(self.record.snapshot(self.pacer.slots))
 
 
-async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
-    """Stop the run at ``--deadline`` or after ``--max-runtime``, whichever comes first."""
-    waits = []
+def time_limit(cfg: JobConfig) -> tuple[float, str] | None:
+    """Seconds from now at which ``--deadline`` or ``--max-runtime`` ends the run, whichever
+    comes first, and the stop's reason; None without either. Taken once, at the run's start
+    (``seconds_until`` is always ahead: asked again later it would name tomorrow)."""
+    limits = []
     if cfg.max_runtime:
-        waits.append((cfg.max_runtime, f"max runtime {cfg.max_runtime:g} s reached"))
+        limits.append((cfg.max_runtime, f"max runtime {cfg.max_runtime:g} s reached"))
     if cfg.deadline:
-        waits.append((seconds_until(cfg.deadline, datetime.now()), f"deadline {cfg.deadline} reached"))
-    delay, reason = min(waits)
-    await asyncio.sleep(max(0.0, delay))
-    stop.request(reason)
+        limits.append((seconds_until(cfg.deadline, datetime.now()), f"deadline {cfg.deadline} reached"))
+    return min(limits) if limits else None
+
+
+async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
+    """Stop the run at its :func:`time_limit`."""
+    limit = time_limit(cfg)
+    if limit is not None:
+        await asyncio.sleep(max(0.0, limit[0]))
+        stop.request(limit[1])
 
 
 async def _import_finish(delay: float = 1.0) -> None:

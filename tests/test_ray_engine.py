@@ -190,6 +190,16 @@ def test_what_the_actors_do_not_do_yet_is_refused_not_ignored(local_ray: None, s
     assert server.stats()["requests"] == 0
 
 
+def test_max_runtime_stops_a_ray_job_and_leaves_the_rest_pending(local_ray: None, sim: Any, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(make_rows(300)), manifest)
+    server = sim(latency_s=0.2)
+    summary = run(fast_config(manifest, tmp_path / "out", server, engine="ray", concurrency=2, ray_actors=1,
+                              max_runtime=2))  # fmt: skip
+    assert "max runtime 2 s reached" in (summary.reason or "")
+    assert summary.pending > 0 and summary.ok + summary.pending == 300 and summary.failed == 0
+
+
 def test_answer_on_a_dataset_gives_every_row_its_outcome_columns_within_the_rpm_share(
     local_ray: None, sim: Any
 ) -> None:

@@ -30,7 +30,6 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any, cast
 
 import pyarrow as pa
@@ -38,7 +37,7 @@ import ray
 import ray.data
 
 from ..budget import BudgetGuard, check_before_start, estimate_rows
-from ..config import JobConfig, seconds_until
+from ..config import JobConfig
 from ..errors import UsageError
 from ..idset import IdIndex
 from ..journal import JournalWriter
@@ -46,7 +45,7 @@ from ..manifest import Manifest
 from ..pool import invalid_outcome
 from ..records import Outcome, RunSummary, Status
 from ..report import ProgressDisplay
-from ..runner import Run, _prior, _prior_counts, _run_loop
+from ..runner import Run, _prior, _prior_counts, _run_loop, time_limit
 from ..schema import JOURNAL_ONLY
 from .board import new_board
 from .dataset import block_rows, blocks, send
@@ -67,10 +66,12 @@ class RayRun(Run):
         self.engine: dict[str, Any] = {"name": "ray", "actors": split(self.cfg).actors}
         self._errors: list[str] = []
         self._next_progress = 0.0
+        self._time_limit: tuple[float, str] | None = None  # (elapsed s, reason), taken when the run begins
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
         _refuse_what_ray_lacks(cfg, manifest)
+        self._time_limit = time_limit(cfg)
         prior, reused, skip_prior = _prior(self.run_dir, manifest, cfg, self.asker)
         skip = self.run_dir.skip_index(cfg.retry_failed, skip_prior)
         self.record.begin(manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows),
@@ -184,13 +185,8 @@ class RayRun(Run):
         return found or mine
 
     def _deadline_reason(self) -> str | None:
-        cfg = self.cfg
-        elapsed = self.record.elapsed()
-        if cfg.max_runtime and elapsed >= cfg.max_runtime:
-            return f"max runtime {cfg.max_runtime:g} s reached"
-        if cfg.deadline and seconds_until(cfg.deadline, datetime.now()) <= 0:
-            return f"deadline {cfg.deadline} reached"
-        return None
+        limit = self._time_limit
+        return limit[1] if limit is not None and self.record.elapsed() >= limit[0] else None
 
     def _write_info(self, summary: RunSummary) -> None:
         try:
