@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 
-from .client import redact
+from .client import EnvProxies, redact
 
 log = logging.getLogger("docpipe")
 
@@ -110,16 +110,12 @@ class DocHeads:
         self.counts = {"heads": 0, "ranged_gets": 0, "failed": 0, "skipped": 0}
         self._gate = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
-        self._proxies: dict[str, str] = {}
-        self._proxy_of: dict[tuple[str, str], str | None] = {}  # (scheme, host) -> proxy
+        self._proxies: EnvProxies | None = None
 
     async def __aenter__(self) -> DocHeads:
-        import urllib.request
-
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
-        # not trust_env: aiohttp would then look the proxy up in a thread for every request
-        # (two thread hops per HEAD); the environment's proxies are read once, here
-        self._proxies = urllib.request.getproxies()
+        # not trust_env (a thread hop per lookup): the environment's proxies are read once, here
+        self._proxies = EnvProxies()
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout), headers={"User-Agent": "docpipe"}
         )
@@ -169,7 +165,7 @@ class DocHeads:
         assert self._session is not None
         try:
             self.counts["heads"] += 1
-            proxy = self._proxy(url) if self._proxies else None
+            proxy = self._proxies.for_url(url) if self._proxies is not None else None
             async with self._session.head(url, allow_redirects=True, proxy=proxy) as resp:
                 status, meta = resp.status, meta_from_headers(resp.status, resp.headers)
             if status in HEAD_REFUSED:
@@ -185,18 +181,6 @@ class DocHeads:
             self._failed(url, f"HTTP {status}")
             return None
         return meta
-
-    def _proxy(self, url: str) -> str | None:
-        """The proxy the environment (HTTPS_PROXY, NO_PROXY, ...) names for ``url``'s host."""
-        import urllib.request
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.hostname or "")
-        if key not in self._proxy_of:
-            bypass = not key[1] or urllib.request.proxy_bypass(key[1])
-            self._proxy_of[key] = None if bypass else self._proxies.get(key[0])
-        return self._proxy_of[key]
 
     def _failed(self, url: str, why: str) -> None:
         self.counts["failed"] += 1

@@ -228,3 +228,17 @@ def test_stream_cut_fault_over_http_is_retryable(sim) -> None:
             assert ok.finish_reason == "stop" and ok.answer
 
     asyncio.run(one())
+
+
+def test_env_proxies_name_the_proxy_per_scheme_and_honour_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.client import EnvProxies
+
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert EnvProxies().for_url("https://docs.example.com/a.pdf") is None  # none set
+    monkeypatch.setenv("https_proxy", "http://proxy.internal:3128")
+    monkeypatch.setenv("no_proxy", "files.internal")
+    proxies = EnvProxies()
+    assert proxies.for_url("https://docs.example.com/a.pdf") == "http://proxy.internal:3128"
+    assert proxies.for_url("https://files.internal/b.pdf") is None  # NO_PROXY
+    assert proxies.for_url("http://docs.example.com/a.pdf") is None  # no http proxy set
