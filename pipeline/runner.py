@@ -229,10 +229,14 @@ class Run:
             info = self.record.info(summary)
             if self.asker is not None:
                 info.update(self.asker.mode.info())
-            info.update(self.models.info(), **self.fetcher.info())
+            info.update(self._engine_info())
             self.run_dir.write_run_info(info)
         except OSError as e:
             log.error("cannot write %s: %s", self.run_dir.run_file, e)
+
+    def _engine_info(self) -> dict[str, Any]:
+        """What this engine adds to ``_run.json``: per-model figures and ``--embed``'s."""
+        return {**self.models.info(), **self.fetcher.info()}
 
     # -- signals and background tasks ----------------------------------------------
 

@@ -188,15 +188,10 @@ class RayRun(Run):
         limit = self._time_limit
         return limit[1] if limit is not None and self.record.elapsed() >= limit[0] else None
 
-    def _write_info(self, summary: RunSummary) -> None:
-        try:
-            info = self.record.info(summary)
-            info["engine"] = dict(self.engine)
-            if self.asker is not None:
-                info.update(self.asker.mode.info())
-            self.run_dir.write_run_info(info)
-        except OSError as e:
-            log.error("cannot write %s: %s", self.run_dir.run_file, e)
+    def _engine_info(self) -> dict[str, Any]:
+        """The Ray engine's figures (actors, Ray's start-up); the driver's own model router and
+        fetcher see no request, so their (empty) figures are left out."""
+        return {"engine": dict(self.engine)}
 
 
 def _refuse_what_ray_lacks(cfg: JobConfig, manifest: Manifest) -> None:
