@@ -151,6 +151,29 @@ def test_random_429_capacity_startup_and_memory_scenarios() -> None:
     assert SCENARIOS["memory-10k"]["10k"] is start is clean
 
 
+def test_ray_s3_verification_catches_a_wrong_answer_a_duplicate_and_a_missing_row(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from pipeline.benchs3 import verify
+    from pipeline.config import DEFAULT_MODEL
+    from pipeline.simulator.answers import answer_for
+
+    files = "http://127.0.0.1:1/files"
+    rows = []
+    for i in range(4):
+        url, q = f"{files}/bench/{i}.pdf", f"What is the total of item {i}?"
+        rows.append({"request_id": f"r{i}", "file_url": url, "question": q, "status": "ok",
+                     "answer": answer_for(DEFAULT_MODEL, f"{url} {q}")})  # fmt: skip
+    good = verify(pa.Table.from_pylist(rows), files, 4)
+    assert (good.rows, good.ok, good.duplicates, good.first_bad) == (4, 4, 0, "")
+    bad = [dict(r) for r in rows]
+    bad[1]["answer"] = "something else"
+    bad[3]["request_id"] = "r2"  # the same request twice
+    checked = verify(pa.Table.from_pylist(bad), files, 4)
+    assert (checked.ok, checked.duplicates) == (3, 1) and checked.first_bad.startswith("row 1:")
+    assert verify(pa.Table.from_pylist(rows[:3]), files, 4).rows == 3  # a missing row
+
+
 def test_cli_offers_every_scenario() -> None:
     from pipeline.cli import bench
 

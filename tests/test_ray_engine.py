@@ -220,3 +220,19 @@ def test_answer_on_a_dataset_gives_every_row_its_outcome_columns_within_the_rpm_
         assert r["status"] == "ok" and r["answer"] == answer_for(MODEL, f"{r['file_url']} {r['question']}")
         assert r["input_status"] == "draft" and r["category"] == "x"  # a passthrough named like an output column
     assert list(got[0])[:3] == ["request_id", "file_url", "question"]
+
+
+def test_bench_ray_s3_runs_the_cli_s3_to_s3_and_verifies_every_row(local_ray: None, tmp_path: Path) -> None:
+    from pipeline.bench import scenario_line
+    from pipeline.benchs3 import RayS3Spec, measure_ray_s3
+
+    # the demonstration, small: the real CLI in its own process joins this session's Ray
+    spec = RayS3Spec(rows=60, concurrency=8, rpm=6000, latency=0.2,
+                     ray_address=ray.get_runtime_context().gcs_address)  # fmt: skip
+    res = measure_ray_s3(tmp_path, spec)
+    got = {c.name: c.value for c in res.checks}
+    assert res.passed, f"{scenario_line(res)}\n{(tmp_path / 'client.err').read_text()}"
+    assert got["rows verified (ok, the simulator's answer, manifest order)"] == 60 and got["result rows"] == 60
+    assert got["gateway requests"] == 60 and got["duplicate rows in results"] == 0
+    assert 1 <= got["gateway max in flight"] <= 8
+    assert got["gateway max requests in any 60 s"] == 60  # 60 rows at 8 in flight, 0.2 s each: one minute

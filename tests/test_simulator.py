@@ -350,6 +350,19 @@ def test_state_counters_with_injected_clock() -> None:
     assert st.snapshot()["requests"] == 0 and st.outcomes["500"] == 0 and st.t0 == 101.5 and not st.attempts
 
 
+def test_max_per_minute_is_the_busiest_sliding_minute_not_a_calendar_one() -> None:
+    now = [0.0]
+    st = State(BASE, clock=lambda: now[0])
+    # 3 requests late in minute 0 and 3 early in minute 1: no calendar minute holds more than 3
+    for t in (50.0, 55.0, 59.0, 61.0, 65.0, 109.9, 110.0, 125.5):
+        now[0] = t
+        st.arrived()
+    # (50, 110]: 55, 59, 61, 65, 109.9, 110; the one at 50 left that window when 110 arrived
+    assert st.snapshot()["max_per_minute"] == 6
+    st.reset()
+    assert st.snapshot()["max_per_minute"] == 0
+
+
 def test_timeline_counts_outcomes_per_second() -> None:
     now = [10.0]
     st = State(BASE, clock=lambda: now[0])

@@ -10,6 +10,11 @@ delivered (a completed "hang" counts there too; a request whose client went away
 first does not: it is counted in ``cancelled``). ``in_flight`` counts accepted
 requests (past the RPM gate, not answered by the gateway itself) not yet answered.
 
+``max_per_minute``: the most chat requests that arrived in any sliding 60 s window (every
+one counted, whatever its outcome), kept exactly from a window of the last minute's
+arrivals: what a client's ``--rpm`` must keep at or below (a per-second timeline
+could only bound it to within a second's requests).
+
 ``timeline`` is the gateway's per-second view: entry *i* counts the outcomes decided
 in second *i* after the reset (only non-zero ones), so a second in which a client sent
 nothing, or the share of 429s after a warm-up, can be read off it.
@@ -92,6 +97,8 @@ class State:
         self.attempts: dict[int, int] = {}
         self.distinct_ok = 0
         self.request_times: collections.deque[float] = collections.deque(maxlen=_REQUEST_TIMES_KEPT)
+        self.last_minute: collections.deque[float] = collections.deque()
+        self.max_per_minute = 0
         self.rpm_window = RpmWindow()
         self.bodies: list[Any] = []
         self.timeline: list[dict[str, int]] = []
@@ -120,6 +127,8 @@ class State:
         self.attempts = {}
         self.distinct_ok = 0
         self.request_times = collections.deque(maxlen=_REQUEST_TIMES_KEPT)
+        self.last_minute = collections.deque()
+        self.max_per_minute = 0
         self.rpm_window = RpmWindow()
         self.bodies = []
         self.timeline = []
@@ -137,7 +146,14 @@ class State:
     def arrived(self) -> None:
         """Count a chat request and keep its arrival time (bench derives throughput from these)."""
         self.requests += 1
-        self.request_times.append(self.clock() - self.t0)
+        now = self.clock()
+        self.request_times.append(now - self.t0)
+        # the busiest minute ends at some arrival: the window ending at each one is enough
+        window = self.last_minute
+        window.append(now)
+        while window[0] <= now - _RPM_WINDOW_S:
+            window.popleft()
+        self.max_per_minute = max(self.max_per_minute, len(window))
 
     def count(self, outcome: str) -> None:
         """Count one decision under ``outcome``, in the totals and in its second of the timeline."""
@@ -196,6 +212,7 @@ class State:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "max_in_flight_window": self.max_in_flight_window,
+            "max_per_minute": self.max_per_minute,
             "outcomes": dict(self.outcomes),
             "ok_requests": self.ok_requests,
             "distinct_ok": self.distinct_ok,
