@@ -100,7 +100,7 @@ class RayRun(Run):
             if not tables:
                 return None
             board = new_board(f"docpipe-board-{self.record.run_id}")  # named: ray.util.list_named_actors finds it
-            ds = ray.data.from_arrow(cast(list[Any], blocks(tables, block_rows(self.cfg))))
+            ds = _dataset(blocks(tables, block_rows(self.cfg)))
             del tables
             outcomes = send(ds, self.cfg, self.record.run_id, board, raise_on_stop=False)
             try:
@@ -244,6 +244,18 @@ def _outcome(r: dict[str, Any]) -> Outcome:
         values[name] = None if values[name] is None else values[name].timestamp()
     # reuse_key rides in its own column: kept in the journal, so a later asyncio night can --reuse these answers
     return Outcome(request_id=r["request_id"], row_index=r["row_index"], reuse_key=r.get("reuse_key"), **values)
+
+
+def _dataset(tables: list[pa.Table]) -> ray.data.Dataset:
+    """The rows as a dataset of exactly these blocks. ``from_blocks`` reads each block's
+    metadata here; ``from_arrow`` sends a remote task per block for it and waits for
+    them all, before a single sender actor is asked for: on a busy two-core machine
+    those tasks (a worker each that imports Ray Data) held the first request back by
+    5 to 13 s. ``from_arrow`` only where ``from_blocks`` (a developer API) is missing."""
+    from_blocks = getattr(ray.data, "from_blocks", None)
+    if from_blocks is None:  # pragma: no cover - older Ray
+        return ray.data.from_arrow(cast(list[Any], tables))
+    return cast(ray.data.Dataset, from_blocks(tables))
 
 
 @contextlib.contextmanager

@@ -108,8 +108,10 @@ class SenderUDF:
                 await client.__aenter__()
                 sender = RowSender(cfg, client, pacer, BudgetGuard(cfg), stop, RunRecord(cfg), asker_for(cfg))
                 self._actor = _Actor(client, pacer, stop, sender, asyncio.create_task(self._poll(stop)))
-                with contextlib.suppress(Exception):  # the pid is for diagnostics and the crash test
-                    await self.board.hello.remote(os.getpid(), cfg.concurrency, cfg.rpm)
+                # not awaited: the first requests need not wait for the board actor to be up
+                # (it starts beside the senders); the pid is for diagnostics and the crash test
+                with contextlib.suppress(Exception):
+                    self.board.hello.remote(os.getpid(), cfg.concurrency, cfg.rpm)
             return self._actor
 
     async def _tell(self, actor: _Actor) -> None:
