@@ -216,7 +216,11 @@ _RUN_OPTIONS = [
         help="asyncio: one process (default); ray: Ray Data actors, local or --ray-address.",
     ),
     click.option("--ray-address", metavar="ADDR", help="Ray cluster to join (ray://host:10001) [default: local]."),
-    click.option("--ray-actors", metavar="N", help="Sender actors; the limits are split between them [default: 4]."),
+    click.option(
+        "--ray-actors",
+        metavar="N",
+        help="Sender actors; the limits are split between them [default: 1 on one node, 4 on a cluster].",
+    ),
     click.option(
         "--presign-ttl",
         metavar="DURATION",

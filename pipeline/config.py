@@ -573,7 +573,9 @@ class JobConfig:
     # scale-out and object storage (issue 13, pipeline/rayengine, pipeline/objstore.py, pipeline/presign.py)
     engine: str = "asyncio"  # asyncio | ray
     ray_address: str | None = None  # None: start a local Ray
-    ray_actors: int = 4  # sender actors; --concurrency, --rpm, --tpm are split between them
+    # sender actors; --concurrency, --rpm, --tpm are split between them. None: 1 on a one-node
+    # Ray (a local one), 4 on a cluster (pipeline/rayengine/shares.py)
+    ray_actors: int | None = None
     presign_ttl: float = 3600.0  # seconds an s3:// document's presigned URL stays valid
     cache_dir: str | None = None  # local journal of s3:// outs; None: $DOCPIPE_CACHE_DIR or ~/.cache/docpipe
 
@@ -718,7 +720,7 @@ FIELD_PARSERS: dict[str, Parser] = {
     "ignore_query": _names,
     "engine": _choice(*ENGINES),
     "ray_address": _optional(_text),
-    "ray_actors": _integer(1, 1024),
+    "ray_actors": _optional(_integer(1, 1024)),
     "presign_ttl": _presign_ttl,
     "cache_dir": _optional(_path),
 }

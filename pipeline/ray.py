@@ -27,7 +27,7 @@ import ray.data
 
 from .config import JobConfig, load_config
 from .rayengine.board import new_board
-from .rayengine.dataset import Prepare, send
+from .rayengine.dataset import Prepare, send, with_actors
 from .rayengine.udf import ROW_INDEX
 
 __all__ = ["answer"]
@@ -38,7 +38,7 @@ def answer(ds: ray.data.Dataset, config: JobConfig | None = None, **settings: An
 
     ``config``: a :class:`~pipeline.config.JobConfig` (``load_config(...)``); ``settings``:
     JobConfig fields to use instead or on top (``concurrency=64, rpm=600``)."""
-    cfg = load_config(**settings) if config is None else config.replace(**settings)
+    cfg = with_actors(load_config(**settings) if config is None else config.replace(**settings))
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
     prepared = ds.map_batches(cast(Any, Prepare(cfg)), batch_format="pyarrow", zero_copy_batch=True)
     answered = send(prepared, cfg, run_id, new_board(), raise_on_stop=True)

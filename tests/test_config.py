@@ -96,7 +96,7 @@ SETTINGS: list[tuple[str, tuple[str, str] | None, Any, Any, Any, str]] = [
      "expected a list of query parameter names"),
     ("engine", ("run", "engine"), "ray", "ray", "spark", "expected one of asyncio, ray"),
     ("ray_address", ("ray", "address"), "ray://head:10001", "ray://head:10001", "", "expected non-empty text"),
-    ("ray_actors", ("ray", "actors"), 8, 8, 0, "expected an integer from 1 to 1024"),
+    ("ray_actors", ("ray", "actors"), 8, 8, 0, "expected an integer from 1 to 1024"),  # default None: by cluster
     ("presign_ttl", ("storage", "presign_ttl"), "15m", 900.0, 700000, "at most 7 days"),
     # generation parameters: cfg.params
     ("temperature", ("request", "temperature"), 0, 0, 2.5, "expected a number from 0 to 2"),

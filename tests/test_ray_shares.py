@@ -31,6 +31,13 @@ def test_shares_add_up_to_at_most_the_limits(settings: dict[str, int], actors: i
         assert s.actors * per_minute <= cfg.rpm
 
 
+def test_actors_by_default_one_on_one_node_four_on_a_cluster() -> None:
+    from pipeline.rayengine.shares import CLUSTER_ACTORS, default_actors
+
+    assert [default_actors(n) for n in (1, 2, 16)] == [1, CLUSTER_ACTORS, CLUSTER_ACTORS] == [1, 4, 4]
+    assert split(load_config(concurrency=64)).actors == 4  # not set and no cluster known: a cluster's
+
+
 def test_token_and_cost_budgets_are_split_too() -> None:
     s = split(load_config(concurrency=40, ray_actors=4, tpm=100_000, max_total_tokens=1_000, max_cost=2.0))
     assert (s.per_actor.tpm, s.per_actor.max_total_tokens, s.per_actor.max_cost) == (25_000, 250, 0.5)

@@ -20,19 +20,29 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import ray
 import ray.data
 
 from ..config import DEFAULT_TEMPLATE, JobConfig
 from ..errors import ManifestError
 from ..manifest import hash_prefix, request_id
 from ..schema import RESERVED_NAMES
-from .shares import split
+from .shares import default_actors, split
 from .udf import CONTENT, ROW_INDEX, SenderUDF
 
 #: CPU each sender actor reserves (see the module docstring).
 ACTOR_CPUS = 0.25
 #: Tasks one actor runs at once.
 ACTOR_TASKS = 2
+
+
+def with_actors(cfg: JobConfig) -> JobConfig:
+    """``cfg`` with ``ray_actors`` set for the Ray this process is connected to, when the
+    user did not set it (:func:`~pipeline.rayengine.shares.default_actors`)."""
+    if cfg.ray_actors is not None or not ray.is_initialized():
+        return cfg
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return cfg.replace(ray_actors=default_actors(len([n for n in nodes if n.get("Alive")])))
 
 
 def batch_rows(cfg: JobConfig) -> int:

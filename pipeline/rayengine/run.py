@@ -48,7 +48,7 @@ from ..report import ProgressDisplay
 from ..runner import Run, _prior, _prior_counts, _run_loop, time_limit
 from ..schema import JOURNAL_ONLY
 from .board import new_board
-from .dataset import block_rows, blocks, send
+from .dataset import block_rows, blocks, send, with_actors
 from .shares import split
 from .udf import CONTENT, REUSE_KEY, ROW_INDEX
 
@@ -96,13 +96,15 @@ class RayRun(Run):
         with _ray_session(self.cfg) as started:
             self.engine["ray_init_s"] = round(time.monotonic() - t0, 3)
             self.engine["ray_started_here"] = started
+            cfg = with_actors(self.cfg)  # how many actors, once the cluster is known
+            self.engine["actors"] = split(cfg).actors
             tables = self._tables(manifest, skip)
             if not tables:
                 return None
             board = new_board(f"docpipe-board-{self.record.run_id}")  # named: ray.util.list_named_actors finds it
-            ds = _dataset(blocks(tables, block_rows(self.cfg)))
+            ds = _dataset(blocks(tables, block_rows(cfg)))
             del tables
-            outcomes = send(ds, self.cfg, self.record.run_id, board, raise_on_stop=False)
+            outcomes = send(ds, cfg, self.record.run_id, board, raise_on_stop=False)
             try:
                 return self._drain(outcomes, board, t0)
             finally:

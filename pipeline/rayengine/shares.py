@@ -17,6 +17,13 @@ the shares valid for the whole run.
 - tpm, max_total_tokens, max_cost: ``// A`` (or ``/ A``) each.
 
 ``A`` is lowered when a limit is too small to give every actor a share of at least 1.
+
+How many actors when ``ray_actors`` is not set (:func:`default_actors`): one on a Ray of
+one node, such as the local one ``docpipe run`` starts. One actor is docpipe's asyncio
+sender in one process, which keeps ~400 requests a second in flight on two loaded cores
+(C=100, 200 ms; four actors on the same two cores: ~340), and every further actor is one
+more process to start before the first request (~3 s of CPU each, importing Ray Data
+and docpipe). On a cluster of several nodes: :data:`CLUSTER_ACTORS`.
 """
 
 from __future__ import annotations
@@ -24,6 +31,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import JobConfig
+
+#: Sender actors on a Ray cluster of more than one node when ``ray_actors`` is not set.
+CLUSTER_ACTORS = 4
+
+
+def default_actors(nodes: int) -> int:
+    """Sender actors for a Ray of ``nodes`` alive nodes when ``ray_actors`` is not set."""
+    return 1 if nodes <= 1 else CLUSTER_ACTORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +50,9 @@ class Split:
 
 
 def actor_count(cfg: JobConfig) -> int:
-    """How many sender actors: ``ray_actors``, lowered until every share is at least 1."""
-    actors = min(cfg.ray_actors, cfg.concurrency)
+    """How many sender actors: ``ray_actors`` (not set: :data:`CLUSTER_ACTORS`; the driver
+    sets it from the cluster first), lowered until every share is at least 1."""
+    actors = min(CLUSTER_ACTORS if cfg.ray_actors is None else cfg.ray_actors, cfg.concurrency)
     if cfg.rpm is not None:
         actors = min(actors, max(1, cfg.rpm // 2))
     if cfg.tpm is not None:
