@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -61,6 +62,10 @@ def moto_server() -> Iterator[S3Endpoint]:
         from moto.server import ThreadedMotoServer
     except ImportError as e:
         raise UsageError(f"a local S3 endpoint needs moto[server] and boto3 (pip install -e '.[test]'): {e}") from e
+    # its web server logs every request to stderr (werkzeug's logger): quiet while it runs
+    access_log = logging.getLogger("werkzeug")
+    level = access_log.level
+    access_log.setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -73,6 +78,7 @@ def moto_server() -> Iterator[S3Endpoint]:
         yield S3Endpoint(url, client, env)
     finally:
         server.stop()
+        access_log.setLevel(level)
 
 
 @dataclass(frozen=True)
