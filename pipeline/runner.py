@@ -136,6 +136,7 @@ class Run:
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
                 producer_error = await pool.run()
+                self.record.mark("requests_done_s")
                 await gate.close()
                 self.record.doc_meta = dict(heads.counts) if heads is not None else None
         del pool, gate, index  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
@@ -175,6 +176,7 @@ class Run:
         summary = self._final_summary(results)
         if self.progress is not None:
             self.progress.close(self.record.snapshot(self.pacer.slots))
+        self.record.mark("finished_s")
         self._write_info(summary)
         _write_report(self.run_dir)
         return summary
