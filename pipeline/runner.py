@@ -132,14 +132,15 @@ class Run:
                                    models=self.models, fetcher=self.fetcher)  # fmt: skip
                 gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
                             stop=self.stop, heads=heads, index=index)  # fmt: skip
-                pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
+                rows = manifest.rows(skip, first=cfg.concurrency)  # the first requests wait for these rows only
+                pool = Pool(rows, send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
                 producer_error = await pool.run()
                 self.record.mark("requests_done_s")
                 await gate.close()
                 self.record.doc_meta = dict(heads.counts) if heads is not None else None
-        del pool, gate, index  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
+        del pool, gate, index, rows  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
         summary = await self._finish(manifest)
         if producer_error is not None:  # everything answered is kept; now say what broke
             raise producer_error
