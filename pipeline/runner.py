@@ -277,7 +277,7 @@ class Run:
         """The journal's fsync every flush_interval, progress ticks and the deadline."""
         cfg = self.cfg
         coros: list[Coroutine[Any, Any, None]] = [self._flush_every(cfg.flush_interval), self._sample_every(1.0),
-                                                  _import_finish()]  # fmt: skip
+                                                  _import_finish(self.record)]  # fmt: skip
         if self.progress is not None:
             coros.append(self._tick(self.progress))
         if cfg.deadline or cfg.max_runtime:
@@ -331,11 +331,20 @@ async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
         stop.request(limit[1])
 
 
-async def _import_finish(delay: float = 1.0) -> None:
-    """Import compaction (with pyarrow.compute: 0.1-0.3 s) in a thread once the first
-    requests are out, so the end of the run does not wait for it (issue 10)."""
+#: What the end of a run imports (compaction with pyarrow.compute: 0.1-0.3 s; the HTML report:
+#: 0.1-0.3 s more), imported early by :func:`_import_finish`.
+FINISH_MODULES = ("pipeline.compaction", "pipeline.htmlreport")
+
+
+async def _import_finish(record: RunRecord, delay: float = 1.0) -> None:
+    """Import :data:`FINISH_MODULES` in a thread ``delay`` seconds after the first request
+    (never before it, however slow the start), so the end of the run does not wait for them
+    (issue 10). A run that sends nothing imports them when it gets there."""
+    while not record.requests:
+        await asyncio.sleep(0.1)
     await asyncio.sleep(delay)
-    await asyncio.to_thread(importlib.import_module, "pipeline.compaction")
+    for name in FINISH_MODULES:
+        await asyncio.to_thread(importlib.import_module, name)
 
 
 def _crash_code(e: BaseException) -> ExitCode:
