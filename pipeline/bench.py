@@ -31,7 +31,9 @@ Figures of one run (:class:`RunResult`):
 - Where the rest of the wall goes: ``startup_s`` (spawn to the run's start:
   interpreter, imports, options), ``finish_s`` (last answer to the final summary:
   HEADs still out, journal, compaction) and ``exit_s`` (``_run.json``, the HTML
-  report, interpreter exit).
+  report, interpreter exit). ``startup_s`` takes the first request's arrival on the
+  simulator's clock, so on a busy machine, where the simulator itself waits for a
+  core, it runs long and ``exit_s`` short (even below 0).
 - Bytecode: docpipe's own modules are byte-compiled before the client runs
   (:func:`ensure_bytecode`), as ``pip install`` does; under ``PYTHONDONTWRITEBYTECODE``
   an editable install would otherwise compile every module at each start (0.1-0.3 s
