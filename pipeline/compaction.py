@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from .arrowutil import numeric, string_scalar
 from .idset import IdIndex, hash_ids
 from .journal import latest_per_id
+from .manifest import scoped_batches
 from .rundir import RunDir
 from .schema import INPUT_COLUMNS, JOURNAL_SCHEMA, OUTCOME_COLUMNS, output_schema
 from .storage import ROW_GROUP_ROWS, atomic_write_table
@@ -156,7 +157,7 @@ def _recut(batches: Iterable[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.Ta
 def _joined(
     manifest: Any, spill: Path, chunk_rows: int, schema: pa.Schema, fold: pq.ParquetWriter | None, spec: Spec | None
 ) -> Iterator[pa.Table]:
-    for k, table in enumerate(_recut(manifest.scoped_batches(chunk_rows), chunk_rows)):
+    for k, table in enumerate(_recut(scoped_batches(manifest, chunk_rows), chunk_rows)):
         outcomes = _latest_of(spill / f"chunk-{k:07d}.arrow")
         if outcomes is None:
             continue

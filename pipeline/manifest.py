@@ -129,10 +129,7 @@ class Manifest:
         self.num_rows = self._prepass()
         if self.num_rows == 0:
             raise ManifestError(f"{self.path}: manifest has a header but no rows")
-        #: The hash of every in-scope row's request_id, in order, as the last complete pass of
-        #: :meth:`rows` saw them (8 bytes a row; None before one): compaction needs them and
-        #: would otherwise compute every request_id again (~3 s a million rows).
-        self.id_hashes: np.ndarray[Any, Any] | None = None
+        self.id_hashes: np.ndarray[Any, Any] | None = None  # see rows()
 
     # -- opening -------------------------------------------------------------
 
@@ -164,7 +161,7 @@ class Manifest:
                 )
         return tuple(dict.fromkeys(fields))
 
-    def _raw_batches(self, columns: list[str] | None = None, size: int | None = None) -> Iterator[pa.RecordBatch]:
+    def _raw_batches(self, columns: list[str] | None = None, size: int = 0) -> Iterator[pa.RecordBatch]:
         size = size or self.cfg.batch_rows
         try:
             if self.format == "parquet":
@@ -311,38 +308,19 @@ class Manifest:
             if batch.num_rows:
                 yield batch, ids, contents
 
-    def scoped_batches(self, size: int) -> Iterator[pa.RecordBatch]:
-        """The in-scope rows' columns as read (after --limit and --shard), in batches of
-        up to ``size`` rows; no content or request_id is computed unless --shard needs them."""
-        if self.cfg.shard is not None:
-            for batch, _ids, _c in self.views():
-                yield batch
-            return
-        left = self.cfg.limit
-        for batch in self._raw_batches(size=size):
-            if left is not None:
-                if left <= 0:
-                    return
-                batch = batch.slice(0, left)
-                left -= batch.num_rows
-            yield batch
-
     def rows(self, skip: IdIndex | None = None) -> Iterator[list[Row]]:
-        """Batches of rows to process, minus those whose request_id is in ``skip``. A pass
-        to the end leaves every row's id hash in :attr:`id_hashes`."""
+        """Batches of rows to process, minus those whose request_id is in ``skip``. A pass to the end leaves
+        each in-scope row's id hash, in order, in ``id_hashes``: compaction needs them (~3 s a million rows)."""
         c = self.columns
-        hashes: list[np.ndarray[Any, Any]] = []
+        hashes = [np.empty(0, dtype=np.int64)]
         for batch, ids, contents in self.views():
-            id_list = [str(i) for i in ids.to_pylist()]
-            hashes.append(hash_ids(id_list))
-            positions: Any
+            hashes.append(hash_ids(id_list := [str(i) for i in ids.to_pylist()]))
+            positions: Any = range(batch.num_rows)
             if skip is not None and len(skip):
                 keep = ~skip.contains(hashes[-1])
                 if not keep.any():
                     continue
                 positions = np.flatnonzero(keep).tolist()
-            else:
-                positions = range(batch.num_rows)
             urls = _as_text(batch.column(c.file_url))
             questions = _as_text(batch.column(c.question))
             row_index = batch.column("__row_index").to_pylist()
@@ -365,7 +343,24 @@ class Manifest:
                     )
                 )
             yield out
-        self.id_hashes = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.int64)
+        self.id_hashes = np.concatenate(hashes)
+
+
+def scoped_batches(m: Manifest, size: int) -> Iterator[pa.RecordBatch]:
+    """The in-scope rows' columns as read (after --limit and --shard), in batches of
+    up to ``size`` rows; no content or request_id is computed unless --shard needs them."""
+    if m.cfg.shard is not None:
+        for batch, _ids, _c in m.views():
+            yield batch
+        return
+    left = m.cfg.limit
+    for batch in m._raw_batches(size=size):
+        if left is not None:
+            if left <= 0:
+                return
+            batch = batch.slice(0, left)
+            left -= batch.num_rows
+        yield batch
 
 
 def hash_prefix(cfg: JobConfig) -> bytes:
