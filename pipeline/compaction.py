@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .arrowutil import numeric, string_scalar
+from .arrowutil import int_codes, numeric, string_scalar
 from .idset import IdIndex, hash_ids
 from .journal import latest_per_id
 from .manifest import scoped_batches
@@ -172,7 +172,7 @@ def _placed(table: pa.Table, base: int, outcomes: pa.Table, cols: Any, schema: p
             spec: Spec | None) -> pa.Table:  # fmt: skip
     """The rows of a manifest chunk starting at in-scope position ``base`` that have an
     outcome, each with its outcome's columns (``outcomes`` carries every row's position)."""
-    local = outcomes[_POS].to_numpy() - base
+    local = int_codes(outcomes[_POS].combine_chunks()) - base  # not to_numpy(): it imports pandas
     order = np.argsort(local, kind="stable")
     taken = outcomes.take(numeric(order))
     return _assemble(table.take(numeric(local[order])), taken["request_id"], taken, cols, schema, spec)
