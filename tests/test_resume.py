@@ -260,4 +260,7 @@ def test_a_finished_folder_is_known_done_without_walking_the_manifest(tmp_path: 
     resumed = run(cfg)
     assert server.stats()["requests"] == before + 5 and resumed.ok + resumed.failed == 45
     before = server.stats()["requests"]
+    report = tmp_path / "out" / "_report.html"
+    drawn = report.stat().st_mtime_ns
     assert run(cfg).ok == resumed.ok and server.stats()["requests"] == before
+    assert report.stat().st_mtime_ns == drawn  # nothing sent: the answering run's report stays
