@@ -203,16 +203,21 @@ def test_answer_on_a_dataset_gives_every_row_its_outcome_columns_within_the_rpm_
     # --rpm 300 on one actor: one request every 0.2 s; answers take 0.02 s, so paced requests
     # never overlap and the gateway sees 1 in flight although --concurrency allows 8
     server = sim(latency_s=0.02, latency_jitter=0.0, rpm=300)
-    items = [{**r, "category": "x", "status": "draft"} for r in make_rows(24)]
+    # a model column: its rows ask their own model, as a manifest's do
+    items = [{**r, "category": "x", "status": "draft", "model": "gpt-4-all" if i % 2 else ""}
+             for i, r in enumerate(make_rows(24))]  # fmt: skip
     ds = ray.data.from_items(items)
     answered = pipeline.ray.answer(ds, base_url=server.url, api_key="sk-test-0123456789abcdef", concurrency=8,
-                                   ray_actors=1, rpm=300, backoff_initial=0, backoff_max=0)  # fmt: skip
+                                   ray_actors=1, rpm=300, backoff_initial=0, backoff_max=0,
+                                   doc_meta=False)  # fmt: skip
     got = sorted(answered.take_all(), key=lambda r: r["file_url"])
     stats = server.stats()
     assert len(got) == 24 and stats["requests"] == 24
     assert stats["max_in_flight"] == 1 and stats["outcomes"].get("rpm_429", 0) == 0
     for r in got:
-        assert r["status"] == "ok" and r["answer"] == answer_for(MODEL, f"{r['file_url']} {r['question']}")
+        model = r["input_model"] or MODEL
+        assert r["status"] == "ok" and r["answer"] == answer_for(model, f"{r['file_url']} {r['question']}")
+        assert r["model"] == model and r["models_tried"] == [model]
         assert r["input_status"] == "draft" and r["category"] == "x"  # a passthrough named like an output column
     assert list(got[0])[:3] == ["request_id", "file_url", "question"]
 
@@ -317,16 +322,16 @@ def test_reuse_on_ray_sends_only_the_changed_rows_and_writes_the_asyncio_engines
 
     changed = names[::10]
     server.files(change=changed, reset=True)
-    night2 = manifest("n2.parquet", [*names, "new0.pdf", "new1.pdf"])
+    night2 = manifest("n2.parquet", [*names, "new0.pdf", "new1.pdf", "new0.pdf"])  # a repeat: sent once
     before = server.stats()["requests"]
     reuse = {"reuse": (str(tmp_path / "night1"),), "doc_meta": True}
     s2 = run(fast_config(night2, tmp_path / "ray2", server, engine="ray", ray_actors=1, **reuse))
     assert server.stats()["requests"] - before == len(changed) + 2
-    assert (s2.ok, s2.reused, s2.requests) == (32, 30 - len(changed), len(changed) + 2)
+    assert (s2.ok, s2.reused, s2.requests) == (33, 30 - len(changed), len(changed) + 2)
     assert server.files()["heads"] == 32  # one per document: the driver's for the candidates, the actors' for new
 
     plain = run(fast_config(night2, tmp_path / "asyncio2", server, **reuse))
-    assert (plain.ok, plain.reused) == (32, s2.reused)
+    assert (plain.ok, plain.reused) == (33, s2.reused)
     ray_table = pq.read_table(tmp_path / "ray2" / "results.parquet")
     assert_same_table(pq.read_table(tmp_path / "asyncio2" / "results.parquet"), ray_table)
     asked = {r["file_url"] for r in ray_table.to_pylist() if r["reused_from"] is None}

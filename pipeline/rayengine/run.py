@@ -39,6 +39,7 @@ import ray.data
 
 from ..budget import BudgetGuard, check_before_start, estimate_rows
 from ..config import JobConfig
+from ..dedupe import Dedupe
 from ..docmeta import DocMeta
 from ..errors import UsageError
 from ..idset import IdIndex
@@ -74,6 +75,7 @@ class RayRun(Run):
         self._time_limit: tuple[float, str] | None = None  # (elapsed s, reason), taken when the run begins
         self._headed: dict[str, DocMeta | None] = {}  # rows asked whose document the driver HEADed (--reuse)
         self._doc_meta: dict[str, int] = {}  # the driver's HEAD counts
+        self._dedupe = Dedupe()
         self._figures: list[dict[str, Any]] = []  # each actor's per-model and --embed figures (the board's)
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
@@ -131,15 +133,19 @@ class RayRun(Run):
         async with doc_heads(self.cfg) if index is not None else contextlib.nullcontext(None) as heads:
             for rows in manifest.rows(skip):
                 keep = []
-                for row in rows:
-                    if row.invalid is not None:
-                        self._record(invalid_outcome(row))
+                # a repeated request is sent once; its rows ride on its outcome (pipeline/dedupe.py)
+                for row, repeat in zip(rows, self._dedupe.repeats_in(rows).tolist(), strict=True):
+                    if repeat:
+                        if (status := self._dedupe.repeat(row)) is not None:
+                            self.record.add_repeats(status, 1)
+                    elif row.invalid is not None:
+                        self._settle(invalid_outcome(row))
                     else:
                         keep.append(row)
                 if index is not None and heads is not None and keep:
                     reused, keep, found = await reuse_known_rows(keep, index, heads)
                     for outcome in reused:
-                        self._record(outcome)
+                        self._settle(outcome)
                     self._headed.update(found)
                 if keep:
                     tables.append(_table(keep, self._headed))
@@ -167,7 +173,7 @@ class RayRun(Run):
                     if outcome.request_id in self._headed:  # the driver HEADed its document (--reuse)
                         meta = self._headed.pop(outcome.request_id)
                         outcome = outcome if meta is None else with_meta(outcome, meta)
-                    self._record(outcome)
+                    self._settle(outcome)
                     self.record.requests += outcome.attempts
                     self.record.sent_rows += 1 if outcome.attempts else 0
                 now = time.monotonic()
@@ -183,6 +189,12 @@ class RayRun(Run):
             with contextlib.suppress(Exception):
                 batches.close()  # type: ignore[attr-defined]
         return reason or self._stop_reason(board)
+
+    def _settle(self, outcome: Outcome) -> None:
+        """Journal and count an outcome, and the repeated rows that waited for it."""
+        self._record(outcome)
+        if waiting := self._dedupe.settled(outcome):
+            self.record.add_repeats(outcome.status, waiting)
 
     def _progress_tick(self) -> None:
         """The journal's fsync, and progress every ``display.interval`` seconds."""
