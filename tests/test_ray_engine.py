@@ -336,3 +336,23 @@ def test_reuse_on_ray_sends_only_the_changed_rows_and_writes_the_asyncio_engines
     assert_same_table(pq.read_table(tmp_path / "asyncio2" / "results.parquet"), ray_table)
     asked = {r["file_url"] for r in ray_table.to_pylist() if r["reused_from"] is None}
     assert asked == {f"{server.files_url}/{n}" for n in [*changed, "new0.pdf", "new1.pdf"]}
+
+
+def test_a_models_breaker_giving_up_on_one_actor_stops_the_whole_ray_job(
+    local_ray: None, sim: Any, tmp_path: Path
+) -> None:
+    # every gpt-4-all row fails with a 500 (its model's breaker), the run's model answers: the
+    # breaker of gpt-4-all gives up on the actor that met it, and the job stops on both actors
+    server = sim(latency_s=0.1)
+    rows = [{**r, "model": "gpt-4-all", "question": r["question"] + " [[sim:status=500]]"} if i % 2 else r
+            for i, r in enumerate(make_rows(400))]  # fmt: skip
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist([{"model": "", **r} for r in rows]), manifest)
+    summary = run(fast_config(manifest, tmp_path / "out", server, engine="ray", ray_actors=2, concurrency=8,
+                              breaker_threshold=6, breaker_probes=2, breaker_pause=0.2))  # fmt: skip
+    assert summary.exit_code == 3 and "kept failing" in (summary.reason or "")
+    got = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    # the run's model's rows stopped too (pending, not failed), on every actor
+    assert summary.ok < 200 and summary.failed < 200 and summary.pending > 200
+    assert all(r["status"] == "ok" for r in got if r["input_model"] == "" and r["status"] is not None)
+    assert server.stats()["requests"] < 400
