@@ -10,14 +10,22 @@ the driver's disk at once (the same journal: written at once, fsync'd every
 the asyncio engine's. So both engines write the same table for the same
 manifest, and a rerun resumes from either.
 
+Before the rows become a Dataset the driver does what the asyncio engine's gate
+(:mod:`pipeline.incremental`) does as rows stream: a request repeated in the
+manifest is kept back and rides on its twin's outcome (:mod:`pipeline.dedupe`), and
+with ``--reuse`` the documents of the rows with an earlier answer are HEADed (one
+per URL) and the unchanged ones copied forward (:func:`~pipeline.incremental.reuse_known_rows`):
+only the rows to ask reach the actors, which HEAD the others' documents themselves.
+
 Durability: an outcome is journaled when its batch reaches the driver. A killed
 actor's batches never reached it: Ray restarts the actor and runs its task again,
 so those rows are sent again (paid twice), and nothing is written twice: the
 journal keeps the latest outcome per request_id and compaction writes one row each.
 A killed driver loses the batches in flight; the rerun sends them.
 
-Stops: a bad key or an empty quota met by any actor reaches every actor through the
-:class:`~pipeline.rayengine.board.Board` and the driver (exit 3, resumable); Ctrl-C,
+Stops: a bad key, an empty quota or a model's breaker giving up, met by any actor,
+reaches every actor through the :class:`~pipeline.rayengine.board.Board` and the
+driver (exit 3, resumable); Ctrl-C,
 ``--deadline`` and ``--max-runtime`` go the other way. After a stop the driver keeps
 collecting answers for up to ``grace_period`` seconds, then leaves the rest pending.
 """
