@@ -235,9 +235,8 @@ class RayRun(Run):
         figures = self._figures
         info: dict[str, Any] = {"engine": dict(self.engine)}
         info.update(merge_info(figures, self.cfg.fallback_models))
-        for model in self.models.run_models - set(info["models"]):  # never asked: as the asyncio engine shows them
-            info["models"][model] = {"answered": 0, "unserved": None, "breaker_opened": 0}
-        info["models"] = dict(sorted(info["models"].items()))
+        if not info["models"]:  # no actor reported (nothing sent): the run's model, as the asyncio engine shows it
+            info["models"][self.cfg.model] = {"answered": 0, "unserved": None, "breaker_opened": 0}
         if self.cfg.embed:
             info.update({k: sum(f.get(k, 0) for f in figures) for k in ("embedded_documents", "embedded_bytes")})
         return info
