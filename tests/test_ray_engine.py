@@ -349,7 +349,7 @@ def test_a_models_breaker_giving_up_on_one_actor_stops_the_whole_ray_job(
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.Table.from_pylist([{"model": "", **r} for r in rows]), manifest)
     summary = run(fast_config(manifest, tmp_path / "out", server, engine="ray", ray_actors=2, concurrency=8,
-                              breaker_threshold=6, breaker_probes=2, breaker_pause=0.2))  # fmt: skip
+                              breaker_threshold=6, breaker_probes=2, breaker_pause=0.2, grace_period=1))  # fmt: skip
     assert summary.exit_code == 3 and "kept failing" in (summary.reason or "")
     got = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     # the run's model's rows stopped too (pending, not failed), on every actor
