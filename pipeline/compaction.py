@@ -1,13 +1,24 @@
 """Compaction: rebuild ``results.parquet`` from the journal, in manifest order, in bounded memory.
 
-1. One pass over the manifest (in scope: after --shard/--limit) gives every row's
-   request_id hash, in order (8 bytes a row).
-2. One pass over the journal, in sequence order, sends each outcome to the spill
-   file of the manifest chunk (``chunk_rows`` rows) where its id first appears;
-   outcomes for ids no longer in the manifest go to an orphan spill.
-3. A second pass over the manifest, chunk by chunk, joins each chunk with its
-   spill file (latest outcome per id) and appends a row group to results.parquet;
-   the same latest outcomes, plus the orphans, stream into the folded journal part.
+1. Every in-scope row's request_id hash, in order (8 bytes a row): those the run's own
+   walk over the manifest recorded (:attr:`Manifest.id_hashes`), else one pass that
+   computes them.
+2. One pass over the journal, in sequence order, sends each outcome, with the
+   position of its row, to the spill file of the manifest chunk (``chunk_rows`` rows)
+   where its id first appears; outcomes for ids no longer in the manifest go to an
+   orphan spill.
+3. A second pass over the manifest, chunk by chunk, places the latest outcome per id
+   of the chunk's spill file on its row, by position, and appends a row group to
+   results.parquet; the same latest outcomes, plus the orphans, stream into the
+   folded journal part. This pass reads the manifest's columns only: no row's
+   content or request_id is computed again (the outcome carries its request_id),
+   except under ``--shard``, whose scope is drawn from the ids.
+
+Why positions and not a join on the ids: computing a million request_ids (message
+content, blake2b) costs ~3 s a pass, and this way compaction computes none after a
+run. The cost: two different ids sharing a 64-bit hash would be confused (see
+:mod:`pipeline.idset`; two manifest rows doing so are caught and compacted in
+memory, by id, below).
 
 Memory holds the id hashes, one chunk of manifest rows and one chunk of outcomes,
 never the whole table, whatever the length of the manifest or of the answers.
@@ -24,7 +35,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -34,9 +45,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .arrowutil import numeric, string_scalar
+from .arrowutil import int_codes, numeric, string_scalar
 from .idset import IdIndex, hash_ids
 from .journal import latest_per_id
+from .manifest import scoped_batches
 from .rundir import RunDir
 from .schema import INPUT_COLUMNS, JOURNAL_SCHEMA, OUTCOME_COLUMNS, output_schema
 from .storage import ROW_GROUP_ROWS, atomic_write_table
@@ -44,6 +56,9 @@ from .structured.columns import answer_columns
 from .structured.spec import METADATA_KEY, Spec
 
 CHUNK_ROWS = 16384
+_POS = "__position"  # a spilled outcome's in-scope manifest position
+_ID = "__request_id"
+_SPILL_SCHEMA = JOURNAL_SCHEMA.append(pa.field(_POS, pa.int64()))
 
 
 def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS, spec: Spec | None = None) -> int:
@@ -52,7 +67,11 @@ def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS, spec: 
     ``spec``: a structured job's answer schema; its typed columns follow the standard
     ones (pipeline/structured/columns.py)."""
     schema, spec = _schema(manifest, spec)
-    index = IdIndex.of(hash_ids(ids) for _batch, ids, _c in manifest.views())
+    hashes = getattr(manifest, "id_hashes", None)  # the run's own walk over the manifest
+    if hashes is None:
+        hashes = np.concatenate([hash_ids(ids) for _b, ids, _c in manifest.views()] or [np.empty(0, np.int64)])
+    index = IdIndex(hashes)
+    del hashes
     if index.has_duplicates:
         return _compact_in_memory(run_dir, manifest, schema, spec)
     old = run_dir.parts()
@@ -61,12 +80,13 @@ def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS, spec: 
     spill.mkdir()
     try:
         _spill(run_dir, index, spill, chunk_rows)
+        del index  # 24 bytes a row, not needed from here on
         with nullcontext() if run_dir.is_folded(old) else run_dir.folding(old) as fold:
             joined = _joined(manifest, spill, chunk_rows, schema, fold, spec)
             rows = atomic_write_table(run_dir.results, joined, schema)
             orphans = _latest_of(spill / "orphans.arrow")
             if fold is not None and orphans is not None:
-                fold.write_table(orphans)
+                fold.write_table(orphans.drop_columns([_POS]))
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     return rows
@@ -92,14 +112,16 @@ def _spill(run_dir: RunDir, index: IdIndex, spill: Path, chunk_rows: int) -> Non
     writers: dict[int, tuple[pa.NativeFile, pa.ipc.RecordBatchStreamWriter]] = {}
     try:
         for batch in run_dir.iter_journal():
-            chunk = index.positions(hash_ids(batch.column("request_id"))) // chunk_rows
-            chunk[chunk < 0] = -1
+            pos = index.positions(hash_ids(batch.column("request_id")))
+            batch = batch.append_column(_POS, numeric(pos))
+            chunk = pos // chunk_rows
+            chunk[pos < 0] = -1
             for k in np.unique(chunk):
                 part = batch.filter(numeric(chunk == k))
                 if int(k) not in writers:
                     name = "orphans" if k < 0 else f"chunk-{int(k):07d}"
                     sink = pa.OSFile(str(spill / f"{name}.arrow"), "wb")
-                    writers[int(k)] = (sink, pa.ipc.new_stream(sink, JOURNAL_SCHEMA))
+                    writers[int(k)] = (sink, pa.ipc.new_stream(sink, _SPILL_SCHEMA))
                 writers[int(k)][1].write_batch(part)
     finally:
         for file, stream in writers.values():
@@ -115,49 +137,59 @@ def _latest_of(path: Path) -> pa.Table | None:
         return latest_per_id(pa.ipc.open_stream(source).read_all())
 
 
-def _chunks(manifest: Any, chunk_rows: int) -> Iterator[tuple[int, pa.Table, pa.Array[Any]]]:
-    """The manifest in scope, re-cut into chunks of exactly ``chunk_rows`` rows."""
-    pending: list[tuple[pa.RecordBatch, pa.Array[Any]]] = []
+def _recut(batches: Iterable[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.Table]:
+    """``batches`` re-cut into tables of exactly ``chunk_rows`` rows (the last may be shorter)."""
+    pending: list[pa.RecordBatch] = []
     size = 0
-    k = 0
-    for batch, ids, _c in manifest.views():
+    for batch in batches:
         while batch.num_rows:
             take = min(batch.num_rows, chunk_rows - size)
-            pending.append((batch.slice(0, take), ids.slice(0, take)))
-            batch, ids = batch.slice(take), ids.slice(take)
+            pending.append(batch.slice(0, take))
+            batch = batch.slice(take)
             size += take
             if size == chunk_rows:
-                yield k, *_concat(pending)
-                pending, size, k = [], 0, k + 1
+                yield pa.Table.from_batches(pending)
+                pending, size = [], 0
     if pending:
-        yield k, *_concat(pending)
-
-
-def _concat(pending: list[tuple[pa.RecordBatch, pa.Array[Any]]]) -> tuple[pa.Table, pa.Array[Any]]:
-    table = pa.Table.from_batches([b for b, _ in pending])
-    ids = pa.chunked_array([i for _, i in pending], pa.string()).combine_chunks()
-    return table, ids
+        yield pa.Table.from_batches(pending)
 
 
 def _joined(
     manifest: Any, spill: Path, chunk_rows: int, schema: pa.Schema, fold: pq.ParquetWriter | None, spec: Spec | None
 ) -> Iterator[pa.Table]:
-    for k, table, ids in _chunks(manifest, chunk_rows):
+    for k, table in enumerate(_recut(scoped_batches(manifest, chunk_rows), chunk_rows)):
         outcomes = _latest_of(spill / f"chunk-{k:07d}.arrow")
         if outcomes is None:
             continue
+        placed = _placed(table, k * chunk_rows, outcomes, manifest.columns, schema, spec)
         if fold is not None:
-            fold.write_table(outcomes)
-        yield join(table, ids, outcomes, manifest.columns, schema, spec)
+            fold.write_table(outcomes.drop_columns([_POS]))
+        del outcomes
+        yield placed
+
+
+def _placed(table: pa.Table, base: int, outcomes: pa.Table, cols: Any, schema: pa.Schema,
+            spec: Spec | None) -> pa.Table:  # fmt: skip
+    """The rows of a manifest chunk starting at in-scope position ``base`` that have an
+    outcome, each with its outcome's columns (``outcomes`` carries every row's position)."""
+    local = int_codes(outcomes[_POS].combine_chunks()) - base  # not to_numpy(): it imports pandas
+    order = np.argsort(local, kind="stable")
+    taken = outcomes.take(numeric(order))
+    return _assemble(table.take(numeric(local[order])), taken["request_id"], taken, cols, schema, spec)
 
 
 def join(table: pa.Table, ids: pa.Array[Any], outcomes: pa.Table, cols: Any, schema: pa.Schema,
          spec: Spec | None = None) -> pa.Table:  # fmt: skip
-    """Manifest rows that have an outcome, with its columns, in manifest order."""
+    """Manifest rows that have an outcome, with its columns, in manifest order (by request_id)."""
     where = pc.index_in(ids, value_set=outcomes["request_id"].combine_chunks())
     has = pc.is_valid(where)
     table, ids, where = table.filter(has), ids.filter(has), where.filter(has)
-    taken = outcomes.select(OUTCOME_COLUMNS).take(where)
+    return _assemble(table, ids, outcomes.take(where), cols, schema, spec)
+
+
+def _assemble(table: pa.Table, ids: pa.Array[Any] | pa.ChunkedArray[Any], taken: pa.Table, cols: Any,
+              schema: pa.Schema, spec: Spec | None) -> pa.Table:  # fmt: skip
+    """Results rows from manifest rows and their outcomes, row for row."""
     arrays: list[pa.Array[Any] | pa.ChunkedArray[Any]] = [ids, _text(table[cols.file_url]), _text(table[cols.question])]
     for src, name in zip(cols.passthrough, cols.output_names, strict=True):
         arrays.append(table[src].cast(schema.field(name).type))
@@ -175,8 +207,9 @@ def _compact_in_memory(run_dir: RunDir, manifest: Any, schema: pa.Schema, spec: 
     latest = run_dir.latest()
 
     def tables() -> Iterator[pa.Table]:
-        for _k, table, ids in _chunks(manifest, CHUNK_ROWS):
-            yield join(table, ids, latest, manifest.columns, schema, spec)
+        with_ids = (batch.append_column(_ID, ids) for batch, ids, _c in manifest.views())
+        for table in _recut(with_ids, CHUNK_ROWS):
+            yield join(table, table[_ID].combine_chunks(), latest, manifest.columns, schema, spec)
 
     rows = atomic_write_table(run_dir.results, tables(), schema)
     old = run_dir.parts()

@@ -41,7 +41,7 @@ import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import orjson
@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from .arrowutil import int_codes, numeric
 from .errors import StorageError
 from .records import Outcome
-from .schema import JOURNAL_SCHEMA, TS
+from .schema import JOURNAL_SCHEMA, TS, dictionary_columns
 from .storage import checkpoint, fsync_dir, replacing, unlink_quietly
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,9 @@ def folding(folder: Path, old: list[Path]) -> Iterator[pq.ParquetWriter]:
     the part is made durable under the next sequence number before ``old`` goes, so a
     crash in between leaves duplicates that resolve to the same latest outcome."""
     part = folder / f"part-{next_seq(folder):09d}.parquet"
-    with replacing(part) as tmp, pq.ParquetWriter(tmp, JOURNAL_SCHEMA, compression="zstd") as writer:
+    dictionary: Any = dictionary_columns(JOURNAL_SCHEMA)  # the stubs allow only a bool; pyarrow takes names
+    with replacing(part) as tmp, pq.ParquetWriter(tmp, JOURNAL_SCHEMA, compression="zstd",
+                                                  use_dictionary=dictionary) as writer:  # fmt: skip
         yield writer
     checkpoint("fold")
     for p in old:

@@ -37,6 +37,7 @@ from .config import JobConfig, seconds_until
 from .control import StopControl
 from .embed import DocumentFetcher
 from .errors import DocpipeError, ExitCode, StorageError, UsageError
+from .idset import IdIndex
 from .incremental import Gate, doc_heads, reuse_index
 from .journal import JournalWriter
 from .limits import Breaker, Pacer
@@ -88,6 +89,7 @@ class Run:
         self.asker = asker_for(cfg)  # structured answers: the schema's columns, checks and the run's mode
         self.models, self.fetcher = ModelRouter(cfg, self.pacer.breaker), DocumentFetcher(cfg)  # models, --embed
         self._signals = 0
+        self._keep_report = False
 
     # -- the run -----------------------------------------------------------------
 
@@ -109,14 +111,13 @@ class Run:
     async def _execute(self, manifest: Manifest) -> RunSummary:
         cfg = self.cfg
         self.models.join(await asyncio.to_thread(manifest_models, manifest))  # a model column's models
-        prior, reused, skip_prior = _prior(self.run_dir, manifest, cfg, self.asker)
-        skip = self.run_dir.skip_index(cfg.retry_failed, skip_prior)
-        prior_counts = _prior_counts(prior, cfg.retry_failed)
-        del prior, skip_prior
-        self.record.begin(manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows),
-                          prior_counts)  # fmt: skip
+        done = await asyncio.to_thread(answered_already, self.run_dir, cfg, manifest) if self.asker is None else None
+        self._keep_report = done is not None  # the folder's rows and answers are those its report shows
+        # nothing to send (done): no walk over the manifest, no read of the journal
+        prior_counts, reused, skip = (done, [], None) if done else _prior_state(self.run_dir, manifest, cfg, self.asker)
+        self.record.begin(_in_scope(manifest, cfg), prior_counts)
         budget = BudgetGuard(cfg)
-        if budget.active:
+        if budget.active and done is None:
             why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
             if why:
                 raise UsageError(f"{why}; nothing was sent")
@@ -132,7 +133,8 @@ class Run:
                                    models=self.models, fetcher=self.fetcher)  # fmt: skip
                 gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
                             stop=self.stop, heads=heads, index=index)  # fmt: skip
-                rows = manifest.rows(skip, first=cfg.concurrency)  # the first requests wait for these rows only
+                # the first requests wait for the first cfg.concurrency rows only; nothing to send: no rows
+                rows = manifest.rows(skip, first=cfg.concurrency) if done is None else ()
                 pool = Pool(rows, send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
@@ -179,7 +181,8 @@ class Run:
             self.progress.close(self.record.snapshot(self.pacer.slots))
         self.record.mark("finished_s")
         self._write_info(summary)
-        _write_report(self.run_dir)
+        if not (self._keep_report and (self.run_dir.path / "_report.html").exists()):  # htmlreport.REPORT_FILE
+            _write_report(self.run_dir)
         return summary
 
     async def _compact(self, manifest: Manifest) -> str | None:
@@ -357,7 +360,9 @@ def _crash_code(e: BaseException) -> ExitCode:
 
 
 def _write_report(run_dir: RunDir) -> None:
-    """OUT/_report.html after every run that got this far (also an aborted one), whatever
+    """OUT/_report.html after every run that got this far (also an aborted one; not a run that
+    found every row answered already and sent nothing: the report of the run that answered
+    them stays, with its timeline, and a million-row resume does not spend 2-4 s redrawing it), whatever
     its size: the report reads the folder in batches into fixed-size aggregates (about
     10 MB more at 1 000 000 rows than at 10 000). A convenience, so a failure to draw it
     never changes the run's outcome."""
@@ -393,6 +398,35 @@ def results_current(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> bool
 
 def mark_results_current(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> None:
     atomic_write_bytes(run_dir.journal / COMPACTED_MARK, json.dumps(_fingerprint(run_dir, cfg, manifest)).encode())
+
+
+def _in_scope(manifest: Manifest, cfg: JobConfig) -> int:
+    return manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows)
+
+
+def answered_already(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> Counts | None:
+    """The counts of results.parquet when it already holds an outcome for every row in
+    scope and is current (this manifest, scope and journal: :func:`results_current`), so
+    the run has nothing to send; None when that cannot be told without walking the
+    manifest (a --shard scope, rows without an outcome, failed rows under --retry-failed).
+    Resuming a finished million-row folder then costs a read of the status columns, not
+    a request_id computed for every row (~3 s) and a read of the journal (issue 10)."""
+    if cfg.shard is not None or not results_current(run_dir, cfg, manifest):
+        return None
+    try:
+        counts = results_counts(run_dir.results)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError: walk as before
+        return None
+    if counts.ok + counts.failed != _in_scope(manifest, cfg) or (cfg.retry_failed and counts.failed):
+        return None
+    return counts
+
+
+def _prior_state(run_dir: RunDir, manifest: Manifest, cfg: JobConfig,
+                 asker: Asker | None) -> tuple[Counts, list[Outcome], IdIndex]:  # fmt: skip
+    """(what the folder holds, as progress counts it; outcomes to journal without a request; what to skip)."""
+    prior, reused, skip_prior = _prior(run_dir, manifest, cfg, asker)
+    return _prior_counts(prior, cfg.retry_failed), reused, run_dir.skip_index(cfg.retry_failed, skip_prior)
 
 
 def _prior(run_dir: RunDir, manifest: Manifest, cfg: JobConfig, asker: Asker | None) -> tuple[Any, list[Outcome], Any]:

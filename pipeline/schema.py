@@ -65,6 +65,20 @@ JOURNAL_ONLY: tuple[str, ...] = ("row_index", "reuse_key")
 #: Columns of results.parquet after the input and passthrough ones.
 OUTCOME_COLUMNS: list[str] = [n for n in JOURNAL_SCHEMA.names if n not in ("request_id", *JOURNAL_ONLY)]
 
+#: Columns whose values are (nearly) all different: Parquet writers leave them out of
+#: dictionary encoding, which would build a dictionary per row group only to give it up
+#: (a third of compaction's write time; issue 10). Every other column keeps it.
+DISTINCT_COLUMNS: frozenset[str] = frozenset(
+    ("request_id", "file_url", "question", "answer", "latency_ms", "started_at", "completed_at", "response_id",
+     "gateway_request_id", "reuse_key")
+)  # fmt: skip
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns of ``schema`` worth dictionary-encoding (see :data:`DISTINCT_COLUMNS`)."""
+    return [n for n in schema.names if n not in DISTINCT_COLUMNS]
+
+
 #: Output names a manifest's passthrough column must not take (it is renamed ``input_<name>``).
 RESERVED_NAMES: frozenset[str] = frozenset(INPUT_COLUMNS) | frozenset(OUTCOME_COLUMNS)
 

@@ -19,11 +19,13 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import StorageError
+from .schema import dictionary_columns
 
 #: File names inside an output folder (underscore or dot: ``pd.read_parquet(OUT)`` skips them).
 RESULTS_FILE = "results.parquet"
@@ -118,7 +120,8 @@ def atomic_write_table(path: Path, tables: Iterable[pa.Table | pa.RecordBatch], 
     """Stream tables into the Parquet file ``path`` atomically (zstd, bounded row
     groups); returns the rows written."""
     rows = 0
-    with replacing(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    dictionary: Any = dictionary_columns(schema)  # the stubs allow only a bool; pyarrow takes column names
+    with replacing(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=dictionary) as writer:
         for t in tables:
             if t.num_rows:
                 table = pa.Table.from_batches([t], schema=schema) if isinstance(t, pa.RecordBatch) else t

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import run
 from pipeline.compaction import compact
@@ -53,3 +54,25 @@ def test_identical_rows_share_one_outcome(tmp_path: Path, sim) -> None:
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert summary.exit_code == 0 and len(df) == 10
     assert df.loc[7, "request_id"] == df.loc[2, "request_id"] and df.loc[7, "answer"] == df.loc[2, "answer"]
+
+
+@pytest.mark.parametrize("scope", [{"limit": 60}, {"shard": (2, 3)}])
+def test_placing_by_position_matches_each_row_with_its_own_answer(tmp_path: Path, sim, scope) -> None:
+    # compaction places outcomes on rows by position: with the run's id hashes, with
+    # hashes it computes itself, and in small chunks, every row gets its own answer
+    server = sim()
+    manifest = write_csv(tmp_path / "m.csv", make_rows(100))
+    cfg = fast_config(manifest, tmp_path / "out", server, **scope)
+    summary = run(cfg)
+    before = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    fresh = Manifest(str(manifest), cfg)
+    assert fresh.id_hashes is None
+    assert compact(RunDir(tmp_path / "out"), fresh, chunk_rows=7) == len(before) == summary.ok
+    after = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    pd.testing.assert_frame_equal(before, after)
+    rows = [(r.request_id, r.file_url) for batch in Manifest(str(manifest), cfg).rows() for r in batch]
+    assert list(zip(after["request_id"], after["file_url"], strict=True)) == rows  # each id on its own row
+    journal = RunDir(tmp_path / "out").read_journal(["request_id", "answer"]).to_pandas()
+    assert dict(zip(after["request_id"], after["answer"], strict=True)) == dict(
+        zip(journal["request_id"], journal["answer"], strict=True)
+    )

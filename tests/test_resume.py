@@ -234,3 +234,33 @@ def test_full_disk_stops_the_run_and_keeps_what_was_written(tmp_path: Path, sim)
     # only the requests in flight and the outcomes of the one write that failed (both <= concurrency)
     resent = server.stats()["duplicate_ok"]
     assert resent <= 2 * 8
+
+
+def test_a_finished_folder_is_known_done_without_walking_the_manifest(tmp_path: Path, sim) -> None:
+    from pipeline import run
+    from pipeline.manifest import Manifest
+    from pipeline.runner import answered_already
+
+    from .conftest import fast_config
+
+    server = sim(fault_rate=0.2, fault_kinds=("500",), retry_after_s=None)
+    manifest = write_csv(tmp_path / "m.csv", make_rows(40))
+    cfg = fast_config(manifest, tmp_path / "out", server, max_attempts=1)
+    first = run(cfg)
+    assert first.failed > 0
+    run_dir = RunDir(tmp_path / "out")
+    done = answered_already(run_dir, cfg, Manifest(str(manifest), cfg))
+    assert done is not None and (done.ok, done.failed) == (first.ok, first.failed)
+    # failed rows to ask again, or rows the results do not hold: the manifest is walked as before
+    again = cfg.replace(retry_failed=True)
+    assert answered_already(run_dir, again, Manifest(str(manifest), again)) is None
+    write_csv(manifest, make_rows(45))
+    assert answered_already(run_dir, cfg, Manifest(str(manifest), cfg)) is None
+    before = server.stats()["requests"]
+    resumed = run(cfg)
+    assert server.stats()["requests"] == before + 5 and resumed.ok + resumed.failed == 45
+    before = server.stats()["requests"]
+    report = tmp_path / "out" / "_report.html"
+    drawn = report.stat().st_mtime_ns
+    assert run(cfg).ok == resumed.ok and server.stats()["requests"] == before
+    assert report.stat().st_mtime_ns == drawn  # nothing sent: the answering run's report stays
