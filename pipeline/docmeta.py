@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 
 from .client import EnvProxies, redact
+from .headwire import HeadWire, target
 
 log = logging.getLogger("docpipe")
 
@@ -65,13 +66,14 @@ class DocMeta:
 def meta_from_headers(status: int, headers: Any) -> DocMeta:
     """The metadata of a 2xx answer to HEAD (``Content-Length``) or to a ranged GET
     (206 ``Content-Range: bytes 0-0/TOTAL``; a 200 ignoring the range: ``Content-Length``)."""
-    etag = headers.get("ETag") or None
+    # lower-case names: aiohttp's headers are case-insensitive, pipeline/headwire.py's are lower-cased
+    etag = headers.get("etag") or None
     last_modified: float | None = None
-    if lm := headers.get("Last-Modified"):
+    if lm := headers.get("last-modified"):
         with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
             last_modified = parsedate_to_datetime(lm).timestamp()
     size: int | None = None
-    text = headers.get("Content-Range") if status == 206 else headers.get("Content-Length")
+    text = headers.get("content-range") if status == 206 else headers.get("content-length")
     if text:
         m = _CONTENT_RANGE.search(text) if status == 206 else None
         digits = m.group(1) if m else text.strip()
@@ -111,6 +113,7 @@ class DocHeads:
         self._gate = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._proxies: EnvProxies | None = None
+        self._wire = HeadWire(max_idle=concurrency)
 
     async def __aenter__(self) -> DocHeads:
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
@@ -125,6 +128,7 @@ class DocHeads:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._wire.close()
         if self._session is not None:
             await self._session.close()
 
@@ -166,21 +170,33 @@ class DocHeads:
         try:
             self.counts["heads"] += 1
             proxy = self._proxies.for_url(url) if self._proxies is not None else None
-            async with self._session.head(url, allow_redirects=True, proxy=proxy) as resp:
-                status, meta = resp.status, meta_from_headers(resp.status, resp.headers)
-            if status in HEAD_REFUSED:
+            status = await self._wire_head(url) if proxy is None else None
+            if status is None or 300 <= status[0] < 400:  # not for the cheap path, or a redirect to follow
+                async with self._session.head(url, allow_redirects=True, proxy=proxy) as resp:
+                    status = resp.status, meta_from_headers(resp.status, resp.headers)
+            if status[0] in HEAD_REFUSED:
                 self.counts["ranged_gets"] += 1
                 # a ranged GET of one byte; leaving the body unread closes the connection
                 async with self._session.get(url, headers={"Range": "bytes=0-0"}, allow_redirects=True,
                                              proxy=proxy) as resp:  # fmt: skip
-                    status, meta = resp.status, meta_from_headers(resp.status, resp.headers)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+                    status = resp.status, meta_from_headers(resp.status, resp.headers)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
             self._failed(url, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
             return None
-        if not 200 <= status < 300:
-            self._failed(url, f"HTTP {status}")
+        if not 200 <= status[0] < 300:
+            self._failed(url, f"HTTP {status[0]}")
             return None
-        return meta
+        return status[1]
+
+    async def _wire_head(self, url: str) -> tuple[int, DocMeta] | None:
+        """The HEAD on docpipe's own kept-alive connections (:mod:`pipeline.headwire`), or None
+        when that path does not take the URL."""
+        t = target(url, "docpipe")
+        if t is None:
+            return None
+        async with asyncio.timeout(self.timeout):
+            answer = await self._wire.head(t)
+        return answer.status, meta_from_headers(answer.status, answer.headers)
 
     def _failed(self, url: str, why: str) -> None:
         self.counts["failed"] += 1
