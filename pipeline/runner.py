@@ -115,12 +115,12 @@ class Run:
         del prior, skip_prior
         self.record.begin(manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows),
                           prior_counts)  # fmt: skip
+        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         budget = BudgetGuard(cfg)
-        if budget.active:
-            why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
+        if budget.active:  # the rows certainly sent: repeats and reuse candidates left out
+            why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg, index), cfg)
             if why:
                 raise UsageError(f"{why}; nothing was sent")
-        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self.stop.request(str(e))
         self._write_info(self.record.running())
