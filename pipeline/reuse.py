@@ -95,7 +95,10 @@ class ReuseIndex:
                 continue
             parts.append(_scan(files, len(self.sources), cutoff))
             self.sources.append(files)
-        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else _empty()
+        # peak memory is what a million-row index costs: no array is kept beside its copy
+        # (one folder's arrays are used as they are, columns are gathered one at a time)
+        cols = parts.pop() if len(parts) == 1 else _concat(parts) if parts else _empty()
+        del parts
         # newest first within a key, then the first of each key
         order = np.lexsort((-cols["completed"], cols["key"]))
         keys = cols["key"][order]
@@ -104,8 +107,10 @@ class ReuseIndex:
         keep = order[first]
         del order, keys, first
         # "completed" only chose the newest answer; --max-age was applied while scanning
-        self.cols = {k: v[keep] for k, v in cols.items() if k != "completed"}
-        del cols
+        del cols["completed"]
+        for k in list(cols):
+            cols[k] = cols[k][keep]
+        self.cols = cols
         self.keys = self.cols["key"]
 
     def __len__(self) -> int:
@@ -128,6 +133,14 @@ class ReuseIndex:
         if meta.last_modified is None or meta.size is None or cols["size"][c] < 0 or cols["lm"][c] == _NO_TIME:
             return False
         return bool(cols["lm"][c] == round(meta.last_modified * 1e6) and cols["size"][c] == meta.size)
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One array per column of ``parts`` (emptied as it goes: one column's copy at a time)."""
+    out: dict[str, np.ndarray] = {}
+    for k in list(parts[0]):
+        out[k] = np.concatenate([p.pop(k) for p in parts])
+    return out
 
 
 def _empty() -> dict[str, np.ndarray]:
@@ -163,7 +176,12 @@ def _scan(files: list[Path], src: int, cutoff: int | None) -> dict[str, np.ndarr
             out["src"].append(np.full(len(where), src, dtype=np.int16))
             out["pos"].append(where.astype(np.int64) + pos)
         pos += n
-    return {k: np.concatenate(v) if v else _empty()[k] for k, v in out.items()}
+    found: dict[str, np.ndarray] = {}
+    for k in list(out):  # one column's lists and its array at a time
+        v = out.pop(k)
+        found[k] = np.concatenate(v) if v else _empty()[k]
+        del v
+    return found
 
 
 def _np(array: Any, fill: Any) -> np.ndarray:
