@@ -91,8 +91,22 @@ class Gate:
                 await self._put(row)
             elif doc.done:
                 await self._decide(row, c, doc.meta)
-            elif await self._unless_stopped(self._parked.acquire()):
-                doc.waiters.append((row, c))
+            elif await self._park(row, c, doc):
+                return
+
+    async def _park(self, row: Row, c: int, doc: Doc) -> bool:
+        """Park ``row`` on its document's HEAD (decide it at once if the HEAD answered while it
+        waited for a place); True when the run stopped first."""
+        if not self._parked.locked():
+            await self._parked.acquire()  # free: returns without yielding, the HEAD cannot answer meanwhile
+        elif not await self._unless_stopped(self._parked.acquire()):
+            return True
+        if doc.done:
+            self._parked.release()
+            await self._decide(row, c, doc.meta)
+        else:
+            doc.waiters.append((row, c))
+        return False
 
     async def _put(self, row: Row) -> None:
         assert self.queue is not None
