@@ -37,6 +37,7 @@ import aiohttp
 
 from .client import EnvProxies, redact
 from .headwire import HeadWire, target
+from .presign import Presigner, is_s3_url
 
 log = logging.getLogger("docpipe")
 
@@ -47,6 +48,8 @@ CACHE_URLS = 16384
 #: HEADs started and not yet answered, at most. Beyond it (a document server far slower than
 #: the gateway) a URL gets no HEAD: its rows are asked tomorrow, and memory stays bounded.
 BACKLOG = 8192
+#: Seconds a presigned HEAD of an ``s3://`` document is valid: it is sent at once.
+PRESIGN_TTL = 300
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+)")
 
 
@@ -114,6 +117,7 @@ class DocHeads:
         self._session: aiohttp.ClientSession | None = None
         self._proxies: EnvProxies | None = None
         self._wire = HeadWire(max_idle=concurrency)
+        self.presigner: Presigner | None = None  # made for the first s3:// document (boto3)
 
     async def __aenter__(self) -> DocHeads:
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
@@ -166,6 +170,23 @@ class DocHeads:
             await self.on_done(doc)
 
     async def _fetch(self, url: str) -> DocMeta | None:
+        """The metadata of ``url``'s document; an ``s3://`` URL is HEADed presigned (below)."""
+        if is_s3_url(url):
+            try:
+                head, get = self._presigned(url)
+            except Exception as e:  # boto3 missing, no credentials: the rows are asked, never failed
+                self._failed(url, f"cannot presign: {type(e).__name__}")
+                return None
+            return await self._http(head, get, shown=url)
+        return await self._http(url, url, shown=url)
+
+    def _presigned(self, url: str) -> tuple[str, str]:
+        """A presigned HEAD of an ``s3://`` document, and a presigned GET for the ranged GET."""
+        if self.presigner is None:
+            self.presigner = Presigner(PRESIGN_TTL)
+        return self.presigner.sign(url, "head_object"), self.presigner.sign(url)
+
+    async def _http(self, url: str, get_url: str, *, shown: str) -> DocMeta | None:
         assert self._session is not None
         try:
             self.counts["heads"] += 1
@@ -177,14 +198,14 @@ class DocHeads:
             if status[0] in HEAD_REFUSED:
                 self.counts["ranged_gets"] += 1
                 # a ranged GET of one byte; leaving the body unread closes the connection
-                async with self._session.get(url, headers={"Range": "bytes=0-0"}, allow_redirects=True,
+                async with self._session.get(get_url, headers={"Range": "bytes=0-0"}, allow_redirects=True,
                                              proxy=proxy) as resp:  # fmt: skip
                     status = resp.status, meta_from_headers(resp.status, resp.headers)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
-            self._failed(url, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            self._failed(shown, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
             return None
         if not 200 <= status[0] < 300:
-            self._failed(url, f"HTTP {status[0]}")
+            self._failed(shown, f"HTTP {status[0]}")
             return None
         return status[1]
 
