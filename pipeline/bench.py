@@ -22,7 +22,22 @@ Figures of one run (:class:`RunResult`):
   (imports, manifest checks, journal, compaction) / requests sent.
 - ``peak_rss_mb``: ``ru_maxrss`` of the client.
 - ``first_request_s``, ``compaction_s``: ``timings`` from ``OUT/_run.json``;
-  ``spawn_to_first_request_s`` adds interpreter start-up and imports.
+  ``spawn_to_first_request_s`` adds interpreter start-up and imports (from the
+  launcher's fork to the simulator's first chat request). ``first_request_cpu_s``:
+  the client's CPU seconds when it sent that request, start-up included: the
+  figure a busy machine does not inflate. ``interpreter_s``: the same interpreter
+  running ``pass`` through the same launcher (Python itself and the environment's
+  ``.pth`` files, e.g. an editable install's finder), best of three.
+- Where the rest of the wall goes: ``startup_s`` (spawn to the run's start:
+  interpreter, imports, options), ``finish_s`` (last answer to the final summary:
+  HEADs still out, journal, compaction) and ``exit_s`` (``_run.json``, the HTML
+  report, interpreter exit). ``startup_s`` takes the first request's arrival on the
+  simulator's clock, so on a busy machine, where the simulator itself waits for a
+  core, it runs long and ``exit_s`` short (even below 0).
+- Bytecode: docpipe's own modules are byte-compiled before the client runs
+  (:func:`ensure_bytecode`), as ``pip install`` does; under ``PYTHONDONTWRITEBYTECODE``
+  an editable install would otherwise compile every module at each start (0.1-0.3 s
+  that no installed copy pays).
 - ``sim_cpu_share``: simulator CPU seconds / client wall time; near 1.0 means the
   simulator, not the client, was the limit.
 - ``foreign_cpu_share``: cores busy with *other* processes during the run (machine
@@ -162,6 +177,11 @@ class RunResult:
     concurrency_final: int | None = None
     limit_min: float | None = None
     sim: SimFigures | None = None
+    first_request_cpu_s: float | None = None
+    interpreter_s: float | None = None
+    startup_s: float | None = None
+    finish_s: float | None = None
+    exit_s: float | None = None
 
 
 @dataclass
@@ -354,6 +374,22 @@ def run_client(cmd: list[str], stderr: Path) -> ClientExit:
     return ClientExit(int(exit_code), float(t0), float(t1) - float(t0), float(cpu), int(maxrss))
 
 
+def ensure_bytecode() -> bool:
+    """Byte-compile docpipe's modules where they are missing or stale (``compileall``
+    writes even under ``PYTHONDONTWRITEBYTECODE``), as ``pip install`` does for an
+    installed copy; False when some could not be written (the client then compiles them
+    at start-up, which its figures include)."""
+    import compileall
+
+    return bool(compileall.compile_dir(Path(__file__).parent, quiet=1))
+
+
+def interpreter_seconds(work: Path, tries: int = 3) -> float:
+    """Wall of ``python -c pass`` through the launcher: what any program in this
+    environment pays before its first import (best of ``tries``)."""
+    return min(run_client([sys.executable, "-c", "pass"], work / "interpreter.err").wall for _ in range(tries))
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -417,6 +453,19 @@ def sim_figures(spec: RunSpec, stats: dict[str, Any]) -> SimFigures:
     )
 
 
+def _wall_parts(wall: float, spawn_first: float | None, timings: dict[str, Any]) -> dict[str, float | None]:
+    """``startup_s``, ``finish_s`` and ``exit_s`` (module docstring) from the client's timings."""
+    first, done, finished = (timings.get(k) for k in ("first_request_s", "requests_done_s", "finished_s"))
+    startup = spawn_first - first if spawn_first is not None and first is not None else None
+    finish = finished - done if finished is not None and done is not None else None
+    end = wall - startup - finished if startup is not None and finished is not None else None
+    return {"startup_s": _round(startup), "finish_s": _round(finish), "exit_s": _round(end)}
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
 def _client_view(info: dict[str, Any]) -> tuple[int | None, float | None]:
     """(final concurrency limit, lowest limit sampled) from ``_run.json``."""
     limits = [p["limit"] for p in info.get("timeline", []) if p.get("limit")]
@@ -476,6 +525,7 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
     """Run ``spec`` once: fresh simulator, fresh manifest and output folder."""
     work.mkdir(parents=True, exist_ok=True)
     manifest, out = work / "manifest.parquet", work / "out"
+    ensure_bytecode()
     r = _drive(spec, work, manifest, out, profile)
     c, st, info, resume = r.client, r.stats, r.info, r.resume
     (cpu0, cpu1), (busy0, busy1), wall, cpu = r.sim_cpu, r.busy, c.wall, c.cpu_s
@@ -486,6 +536,7 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
     ok = int(info.get("ok", 0))
     goodput = throughput * ok / requests if requests else 0.0
     final, lowest = _client_view(info)
+    spawn_first = round(r.sim_t0 + times[0] - c.spawned, 3) if times and requests <= len(times) else None
     # over the client's wall time: the simulator keeps only the last 200 000 arrival times
     sim_share = (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None else None
     bound = spec.bound_rps
@@ -510,10 +561,11 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
         client_cpu_share=round(cpu / wall, 3),
         peak_rss_mb=round(c.maxrss_kb / 1024, 1),
         first_request_s=timings.get("first_request_s"),
-        spawn_to_first_request_s=round(r.sim_t0 + times[0] - c.spawned, 3)
-        if times and requests <= len(times)
-        else None,
+        spawn_to_first_request_s=spawn_first,
         compaction_s=timings.get("compaction_s"),
+        first_request_cpu_s=timings.get("first_request_cpu_s"),
+        interpreter_s=round(interpreter_seconds(work), 3),
+        **_wall_parts(wall, spawn_first, timings),
         sim_max_in_flight=st["max_in_flight"],
         sim_cpu_share=round(sim_share, 3) if sim_share is not None else None,
         foreign_cpu_share=round(foreign, 3) if foreign is not None else None,
@@ -823,7 +875,9 @@ def run_line(label: str, r: RunResult) -> str:
         f"ok={r.ok} requests={r.requests} wall={r.wall_s}s rate={r.throughput_rps}/s goodput={r.goodput_rps}/s "
         f"bound={r.bound_rps:g}/s ratio={r.ratio:.1%} (wall {r.wall_ratio:.1%}) "
         f"cpu={r.cpu_us_per_request}us/req ({r.client_cpu_share:.0%} of a core) rss={r.peak_rss_mb}MB "
-        f"first_req={r.first_request_s}s (from spawn {r.spawn_to_first_request_s}s) compaction={r.compaction_s}s "
+        f"first_req={r.first_request_s}s (from spawn {r.spawn_to_first_request_s}s, cpu {r.first_request_cpu_s}s, "
+        f"python alone {r.interpreter_s}s) compaction={r.compaction_s}s "
+        f"wall: startup={r.startup_s}s finish={r.finish_s}s exit={r.exit_s}s "
         f"sim_cpu={r.sim_cpu_share} other_cpu={r.foreign_cpu_share}{resume}{busy}{_gateway_part(r)}"
     )
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -314,7 +315,16 @@ def run(manifest: str | None, log_level: str, log_format: str, **opts: Any) -> N
     summary = run_job(cfg, install_signals=True)
     if not quiet:
         _print_summary(summary, summary.out)
-    sys.exit(summary.exit_code)
+    _leave(summary.exit_code)
+
+
+def _leave(code: int) -> NoReturn:
+    """End the process. Everything is written, so the collections interpreter shutdown runs
+    over every object pyarrow, numpy and the run left (0.2-0.8 s after a 10 000-row run,
+    issue 10) only delay the exit: frozen objects are skipped. atexit handlers still run.
+    The command does this as its last step; the library never touches the collector."""
+    gc.freeze()
+    sys.exit(code)
 
 
 def _print_summary(summary: Any, out: str) -> None:

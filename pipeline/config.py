@@ -39,7 +39,6 @@ import math
 import os
 import re
 import string
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -874,6 +873,8 @@ def read_job_file(path: str | os.PathLike[str]) -> dict[str, Given]:
 
 
 def _read_toml(p: Path) -> dict[str, Any]:
+    import tomllib  # a job file only: a run from flags does not wait for it (issue 10)
+
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

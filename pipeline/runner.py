@@ -132,13 +132,15 @@ class Run:
                                    models=self.models, fetcher=self.fetcher)  # fmt: skip
                 gate = Gate(record=self._record, amend=self._amend, repeats=self.record.add_repeats,
                             stop=self.stop, heads=heads, index=index)  # fmt: skip
-                pool = Pool(manifest.rows(skip), send=sender.send, record=self._record, stop=self.stop,
+                rows = manifest.rows(skip, first=cfg.concurrency)  # the first requests wait for these rows only
+                pool = Pool(rows, send=sender.send, record=self._record, stop=self.stop,
                             concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
                 producer_error = await pool.run()
+                self.record.mark("requests_done_s")
                 await gate.close()
                 self.record.doc_meta = dict(heads.counts) if heads is not None else None
-        del pool, gate, index  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
+        del pool, gate, index, rows  # the reuse index (~50 bytes an earlier answer) must not sit under compaction
         summary = await self._finish(manifest)
         if producer_error is not None:  # everything answered is kept; now say what broke
             raise producer_error
@@ -175,6 +177,7 @@ class Run:
         summary = self._final_summary(results)
         if self.progress is not None:
             self.progress.close(self.record.snapshot(self.pacer.slots))
+        self.record.mark("finished_s")
         self._write_info(summary)
         _write_report(self.run_dir)
         return summary
@@ -274,7 +277,7 @@ class Run:
         """The journal's fsync every flush_interval, progress ticks and the deadline."""
         cfg = self.cfg
         coros: list[Coroutine[Any, Any, None]] = [self._flush_every(cfg.flush_interval), self._sample_every(1.0),
-                                                  _import_finish()]  # fmt: skip
+                                                  _import_finish(self.record)]  # fmt: skip
         if self.progress is not None:
             coros.append(self._tick(self.progress))
         if cfg.deadline or cfg.max_runtime:
@@ -328,11 +331,20 @@ async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
         stop.request(limit[1])
 
 
-async def _import_finish(delay: float = 1.0) -> None:
-    """Import compaction (with pyarrow.compute: 0.1-0.3 s) in a thread once the first
-    requests are out, so the end of the run does not wait for it (issue 10)."""
+#: What the end of a run imports (compaction with pyarrow.compute: 0.1-0.3 s; the HTML report:
+#: 0.1-0.3 s more), imported early by :func:`_import_finish`.
+FINISH_MODULES = ("pipeline.compaction", "pipeline.htmlreport")
+
+
+async def _import_finish(record: RunRecord, delay: float = 1.0) -> None:
+    """Import :data:`FINISH_MODULES` in a thread ``delay`` seconds after the first request
+    (never before it, however slow the start), so the end of the run does not wait for them
+    (issue 10). A run that sends nothing imports them when it gets there."""
+    while not record.requests:
+        await asyncio.sleep(0.1)
     await asyncio.sleep(delay)
-    await asyncio.to_thread(importlib.import_module, "pipeline.compaction")
+    for name in FINISH_MODULES:
+        await asyncio.to_thread(importlib.import_module, name)
 
 
 def _crash_code(e: BaseException) -> ExitCode:

@@ -109,7 +109,11 @@ class RunRecord:
         self.requests = 0
         self.sent_rows = 0  # rows that reached an outcome through the gateway
         self.this_run = _Tally()
-        self.timings: dict[str, float | None] = {"first_request_s": None, "compaction_s": None}
+        # seconds since ``started`` (first_request_cpu_s: this process's CPU, start-up included,
+        # the start-up figure a busy machine does not skew); docpipe bench splits a run's wall by them
+        self.timings: dict[str, float | None] = {"first_request_s": None, "first_request_cpu_s": None,
+                                                 "requests_done_s": None, "compaction_s": None,
+                                                 "finished_s": None}  # fmt: skip
         #: failed attempts by error_type (rows may retry and end ok: these are not row counts)
         self.attempt_errors: dict[str, int] = {}
         self.timeline = Timeline()
@@ -123,6 +127,11 @@ class RunRecord:
         self.requests += 1
         if self.timings["first_request_s"] is None:
             self.timings["first_request_s"] = round(self.clock() - self.started, 4)
+            self.timings["first_request_cpu_s"] = round(time.process_time(), 4)
+
+    def mark(self, timing: str) -> None:
+        """Note now (seconds since the run started) as ``timing``."""
+        self.timings[timing] = round(self.clock() - self.started, 4)
 
     def add(self, outcome: Outcome) -> None:
         self.this_run.add(outcome)

@@ -11,7 +11,6 @@ without arguments (:func:`pandas_metadata`).
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -127,6 +126,8 @@ def pandas_metadata(names: Iterable[str], extra: Mapping[str, str] | None = None
 def _pandas_version() -> str | None:
     # the installed distribution's version, read without importing pandas (+45 MB and
     # ~0.3 s that a run does not need); pyarrow itself does not read this field back
+    import importlib.metadata  # here, not at the top: csv, zipfile, email... before a run's first request
+
     try:
         return importlib.metadata.version("pandas")
     except importlib.metadata.PackageNotFoundError:

@@ -5,6 +5,7 @@ No test here runs a predefined scenario: they take minutes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from dataclasses import replace
@@ -31,10 +32,12 @@ from pipeline.bench import (
     sim_figures,
 )
 
-from .conftest import cli
+from .conftest import ROOT, cli
 
 
 def test_bench_reports_every_figure_for_a_small_run() -> None:
+    runner_pyc = Path(importlib.util.cache_from_source(str(ROOT / "pipeline" / "runner.py")))
+    runner_pyc.unlink(missing_ok=True)  # a cache: the bench must write it back
     proc = cli("bench", "--rows", "300", "--latency", "0.02", "--concurrency", "50", "--resume-check", "--json",
                timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -52,6 +55,11 @@ def test_bench_reports_every_figure_for_a_small_run() -> None:
     assert run["first_request_s"] is not None and run["first_request_s"] >= 0
     assert run["spawn_to_first_request_s"] >= run["first_request_s"]
     assert run["compaction_s"] is not None and run["compaction_s"] >= 0
+    # start-up and tail, split (issue 10): CPU at the first request, Python alone, and where the wall went
+    assert run["first_request_cpu_s"] > 0 and run["interpreter_s"] > 0
+    assert None not in (run["startup_s"], run["finish_s"], run["exit_s"]) and run["finish_s"] >= 0
+    # the client ran on compiled modules, as an installed copy does, whatever PYTHONDONTWRITEBYTECODE says
+    assert runner_pyc.exists()
     assert run["sim_max_in_flight"] <= 50
     assert run["sim_cpu_share"] > 0 and run["foreign_cpu_share"] >= 0
     assert run["sim"]["outcomes"] == {"ok": 300} and run["sim"]["faults"] == run["sim"]["wasted"] == 0

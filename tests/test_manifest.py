@@ -13,7 +13,7 @@ from pipeline.config import load_config
 from pipeline.errors import ManifestError
 from pipeline.manifest import Manifest
 
-from .conftest import TEST_KEY, cli, fast_config, write_csv
+from .conftest import TEST_KEY, cli, fast_config, make_rows, write_csv
 
 LATIN1 = b"id,file_url,question\n1,https://h.example/1.pdf,Total?\n2,https://h.example/2.pdf,Caf\xe9 total?\n"
 LATIN1_NO_ID = b"file_url,question\nhttps://h.example/1.pdf,Total?\nhttps://h.example/2.pdf,Caf\xe9 total?\n"
@@ -92,3 +92,14 @@ def test_a_padded_url_is_the_same_request_as_the_bare_one(tmp_path: Path) -> Non
     ])  # fmt: skip
     rows = [r for batch in Manifest(str(manifest), load_config(env={})).rows() for r in batch]
     assert rows[0].request_id == rows[1].request_id and rows[1].invalid is None
+
+
+def test_the_runs_first_batch_is_cut_short_and_nothing_is_lost(tmp_path: Path) -> None:
+    # issue 10: the first requests wait for the rows of the first batch only (a run passes its concurrency)
+    manifest = write_csv(tmp_path / "m.csv", make_rows(25))
+    m = Manifest(str(manifest), load_config(env={}, batch_rows=10))
+    cut = list(m.rows(first=4))
+    assert [len(b) for b in cut] == [4, 6, 10, 5]
+    assert [r.request_id for b in cut for r in b] == [r.request_id for b in m.rows() for r in b]
+    assert [r.index for b in cut for r in b] == list(range(25))
+    assert [len(b) for b in m.rows(first=40)] == [10, 10, 5]  # nothing to cut

@@ -127,6 +127,62 @@ print("pandas" in sys.modules)
     assert r.stdout.strip() == "False"
 
 
+#: docpipe's modules a `docpipe run` of a plain manifest may have imported when its first request
+#: goes out (issue 10: first request <= 0.45 s from spawn). A module added here is start-up time.
+FIRST_REQUEST_MODULES = {
+    "pipeline", "pipeline.arrowutil", "pipeline.budget", "pipeline.cli", "pipeline.client", "pipeline.config",
+    "pipeline.control", "pipeline.dedupe", "pipeline.docmeta", "pipeline.embed", "pipeline.errors",
+    "pipeline.fallback", "pipeline.forms", "pipeline.idset", "pipeline.incremental", "pipeline.journal",
+    "pipeline.limits", "pipeline.manifest", "pipeline.memory", "pipeline.models", "pipeline.pool", "pipeline.presign",
+    "pipeline.records", "pipeline.report", "pipeline.retry", "pipeline.reuse", "pipeline.rundir", "pipeline.runner",
+    "pipeline.runrecord", "pipeline.schema", "pipeline.sender", "pipeline.signedurl", "pipeline.storage",
+    "pipeline.structured", "pipeline.structured.ask", "pipeline.structured.extract", "pipeline.structured.fastcheck",
+    "pipeline.structured.spec", "pipeline.tokens",
+}  # fmt: skip
+#: Never before the first request: the end of the run (compaction, report), other commands, extras.
+NOT_BEFORE_FIRST_REQUEST = ("pandas", "pyarrow.compute", "pyarrow.dataset", "jsonschema", "tqdm", "ray", "boto3",
+                            "tomllib", "importlib.metadata", "pipeline.compaction", "pipeline.htmlreport",
+                            "pipeline.summary", "pipeline.staging", "pipeline.objstore")  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_cli_run_imports_little_before_its_first_request(tmp_path: Path, sim, kind: str) -> None:
+    # sys.modules at the first request of a real `docpipe run` (CLI, subprocess), not a time
+    server = sim()
+    rows = make_rows(30)
+    manifest = tmp_path / f"m.{kind}"
+    if kind == "csv":
+        write_csv(manifest, rows)
+    else:
+        pd.DataFrame(rows).to_parquet(manifest)
+    args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--base-url", server.url, "--api-key", TEST_KEY,
+            "--quiet"]  # fmt: skip
+    code = f"""
+import json, sys
+import pipeline.runrecord as rr
+seen = []
+sent = rr.RunRecord.request_sent
+def first(self):
+    seen.append(seen or sorted(sys.modules))
+    sent(self)
+rr.RunRecord.request_sent = first
+from pipeline.cli import main
+try:
+    main({args!r})
+except SystemExit as e:
+    print(json.dumps([e.code, seen[0], sorted(sys.modules)]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    exit_code, before, at_exit = json.loads(r.stdout.strip().splitlines()[-1])
+    assert exit_code == 0
+    ours = {m for m in before if m == "pipeline" or m.startswith("pipeline.")}
+    assert ours - {"pipeline.__main__"} <= FIRST_REQUEST_MODULES, sorted(ours - FIRST_REQUEST_MODULES)
+    assert [m for m in NOT_BEFORE_FIRST_REQUEST if m in before] == []
+    # the end of the run got them (imported early in a thread, or at the end)
+    assert {"pipeline.compaction", "pipeline.htmlreport"} <= set(at_exit)
+
+
 def test_importing_the_cli_and_runner_leaves_the_heavy_modules_for_later() -> None:
     # the first request waits for these imports (issue 10: first request <= 0.45 s after start);
     # each of these costs 0.05-0.7 s and is needed only at the end of a run or by other commands
