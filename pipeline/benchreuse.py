@@ -32,7 +32,7 @@ from .config import load_config
 from .manifest import Manifest
 from .schema import JOURNAL_SCHEMA
 from .simulator.files import Files
-from .storage import JOURNAL_DIR
+from .storage import JOURNAL_DIR, ROW_GROUP_ROWS
 
 _SPEC = RunSpec(rows=1_000_000, latency=0.01, concurrency=512)
 #: Questions per document: a nightly manifest asks several about each (one HEAD serves them all).
@@ -50,6 +50,7 @@ def write_night(folder: Path, manifest: Path, base_url: str) -> int:
     journal.mkdir(parents=True, exist_ok=True)
     asked = int((time.time() - 3600) * 1e6)
     rows = 0
+    pending: list[pa.Table] = []
     with pq.ParquetWriter(journal / "part-000000001.parquet", JOURNAL_SCHEMA, compression="zstd") as writer:
         for batch in Manifest(str(manifest), cfg).rows():
             cols: dict[str, list[object]] = {n: [] for n in ("request_id", "row_index", "answer", "doc_etag",
@@ -68,8 +69,13 @@ def write_night(folder: Path, manifest: Path, base_url: str) -> int:
                     "completed_at": asked, "run_id": "night-1", "cost_usd": 0.0004}  # fmt: skip
             arrays = [pa.array(cols[f.name], f.type) if f.name in cols
                       else pa.array([same.get(f.name)] * n, f.type) for f in JOURNAL_SCHEMA]  # fmt: skip
-            writer.write_table(pa.Table.from_arrays(arrays, schema=JOURNAL_SCHEMA))
+            pending.append(pa.Table.from_arrays(arrays, schema=JOURNAL_SCHEMA))
             rows += n
+            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:  # row groups as compaction folds them
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                pending = []
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
     return rows
 
 
