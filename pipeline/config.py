@@ -592,8 +592,6 @@ class JobConfig:
                              "(--no-doc-meta) or reuse")  # fmt: skip
         if self.embed and self.form == "inline":
             raise UsageError(_EMBED_INLINE.format(where="embed=True", form="form='inline'"))
-        if self.reuse and self.engine == "ray":  # the Ray engine's actors neither HEAD documents nor copy forward
-            raise UsageError("reuse is not available with engine='ray' (--engine ray) yet: drop one of them")
 
     def for_run(self) -> JobConfig:
         """This config, after the checks only a run needs; raises UsageError.

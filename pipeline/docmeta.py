@@ -88,11 +88,12 @@ def meta_from_headers(status: int, headers: Any) -> DocMeta:
 class Doc:
     """One URL's HEAD: its result once ``done`` (None: failed), and what waits for it."""
 
-    __slots__ = ("done", "late", "meta", "waiters")
+    __slots__ = ("done", "late", "meta", "task", "waiters")
 
     def __init__(self) -> None:
         self.meta: DocMeta | None = None
         self.done = False
+        self.task: asyncio.Task[None] | None = None  # while the HEAD runs (for :meth:`DocHeads.wait`)
         # both owned by pipeline/incremental.py: rows parked on this HEAD, and outcomes
         # journaled before it answered (amended once it does)
         self.waiters: list[Any] = []
@@ -149,10 +150,19 @@ class DocHeads:
         doc = self.cache[url] = Doc()
         if len(self.cache) > CACHE_URLS:
             self.cache.popitem(last=False)
-        task = asyncio.create_task(self._run(url, doc))
+        task = doc.task = asyncio.create_task(self._run(url, doc))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return doc
+
+    async def wait(self, doc: Doc) -> DocMeta | None:
+        """``doc``'s metadata once its HEAD answered (or failed, or timed out: None). For an
+        engine that returns an answer with its metadata (the Ray engine's actors), where the
+        asyncio engine's gate journals the answer first and amends it later."""
+        task = doc.task
+        if not doc.done and task is not None:
+            await asyncio.gather(asyncio.shield(task), return_exceptions=True)
+        return doc.meta
 
     def peek(self, url: str) -> Doc | None:
         return self.cache.get(url)
@@ -166,6 +176,7 @@ class DocHeads:
         async with self._gate:
             doc.meta = await self._fetch(url)
         doc.done = True
+        doc.task = None
         if (doc.waiters or doc.late) and self.on_done is not None:
             await self.on_done(doc)
 

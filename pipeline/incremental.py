@@ -189,6 +189,33 @@ class Gate:
         await self._flush()
 
 
+async def reuse_known_rows(rows: list[Row], index: ReuseIndex, heads: DocHeads,
+                           ) -> tuple[list[Outcome], list[Row], dict[str, DocMeta | None]]:  # fmt: skip
+    """:class:`Gate`'s reuse decision for rows known up front (the Ray engine's driver decides
+    before its rows become a Dataset): each candidate's document HEADed (one per URL, at most
+    :data:`PARKED` rows waiting at once), reused when unchanged (:meth:`ReuseIndex.unchanged`).
+    Returns the reused outcomes, the rows to ask, and what the HEAD found for each candidate
+    asked (by request_id: its outcome gets these document columns, without a second HEAD)."""
+    keys = np.fromiter((r.reuse_key or 0 for r in rows), dtype=np.int64, count=len(rows))
+    cands = index.lookup(keys).tolist()
+    sink = ReuseSink(index)
+    ask = [r for r, c in zip(rows, cands, strict=True) if c < 0]
+    waiting = [(r, c) for r, c in zip(rows, cands, strict=True) if c >= 0]
+    found: dict[str, DocMeta | None] = {}
+    for start in range(0, len(waiting), PARKED):
+        chunk = waiting[start : start + PARKED]
+        docs = [heads.get(row.file_url.strip()) for row, _ in chunk]
+        metas = await asyncio.gather(*(heads.wait(doc) for doc in docs))
+        for (row, c), meta in zip(chunk, metas, strict=True):
+            if meta is not None and index.unchanged(c, meta):
+                sink.add(c, row, meta)
+            else:
+                ask.append(row)
+                found[row.request_id] = meta
+    reused = await asyncio.to_thread(sink.outcomes, sink.take())
+    return reused, sorted(ask, key=lambda r: r.index), found
+
+
 def reuse_index(cfg: JobConfig) -> ReuseIndex:
     """The index of the earlier answers ``cfg.reuse`` names (blocking: run it in a thread)."""
     from .memory import release_memory

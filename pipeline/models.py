@@ -82,6 +82,18 @@ class ModelRouter:
         found = self._states.get(model or self.cfg.model)
         return None if found is None else found.unserved
 
+    def learnt(self, unserved: dict[str, str]) -> None:
+        """Models another process of the run found unserved (the Ray engine's actors share them
+        through their board): their rows go to the next model here too, without asking."""
+        for name, why in unserved.items():
+            s = self.state(name)
+            if s.unserved is None:
+                s.unserved = why
+
+    def unserved_models(self) -> dict[str, str]:
+        """The models found unserved so far, and why."""
+        return {name: s.unserved for name, s in self._states.items() if s.unserved is not None}
+
     def answered(self, model: str | None) -> None:
         s = self.state(model)
         s.answered += 1
@@ -119,3 +131,16 @@ class ModelRouter:
             },
             "fallback_models": list(self.cfg.fallback_models),
         }
+
+
+def merge_info(parts: Iterable[dict[str, Any]], fallback_models: Iterable[str]) -> dict[str, Any]:
+    """Several routers' :meth:`ModelRouter.info` as one run's (the Ray engine: one router per
+    actor): answers and breaker openings add up, a model is unserved when any found it so."""
+    models: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for name, m in part.get("models", {}).items():
+            into = models.setdefault(name, {"answered": 0, "unserved": None, "breaker_opened": 0})
+            into["answered"] += m["answered"]
+            into["breaker_opened"] += m["breaker_opened"]
+            into["unserved"] = into["unserved"] or m["unserved"]
+    return {"models": dict(sorted(models.items())), "fallback_models": list(fallback_models)}

@@ -6,7 +6,9 @@
 >>> answered.write_parquet("s3://bucket/answers/")                  # doctest: +SKIP
 
 The dataset needs ``file_url`` (or ``url``, ``file``) and ``question`` (or ``prompt``)
-columns, optionally ``id``, as a manifest does. Each output row is its input row with
+columns, optionally ``id``, ``model`` and ``form`` (a row's own model and message form),
+as a manifest does. The actors HEAD each document for the ``doc_*`` columns
+(``doc_meta=False`` to leave them empty) and fetch it with ``embed=True``. Each output row is its input row with
 the columns of ``results.parquet`` (request_id first, then the outcome columns:
 answer, tokens, status, error_type, ...): a row that failed has ``status == "failed"``
 and the reason, it never raises. A bad key or an empty quota stops the whole job:

@@ -24,10 +24,10 @@ import ray.data
 
 from ..config import DEFAULT_TEMPLATE, JobConfig
 from ..errors import ManifestError
-from ..manifest import hash_prefix, request_id
+from ..manifest import FORM_ALIASES, MODEL_ALIASES, Columns, _identity, _routes, hash_prefix, request_id
 from ..schema import RESERVED_NAMES
 from .shares import split
-from .udf import CONTENT, ROW_INDEX, SenderUDF
+from .udf import CONTENT, FORM, MODEL, ROW_INDEX, SenderUDF
 
 #: CPU each sender actor reserves (see the module docstring).
 ACTOR_CPUS = 0.25
@@ -40,11 +40,14 @@ def batch_rows(cfg: JobConfig) -> int:
     return max(1, -(-split(cfg).per_actor.concurrency // 2))
 
 
-def send(ds: ray.data.Dataset, cfg: JobConfig, run_id: str, board: Any, *, raise_on_stop: bool) -> ray.data.Dataset:
-    """``ds`` (request_id, file_url, question, the content and row index columns, any
-    others) with the outcome columns added by the sender actors."""
+def send(ds: ray.data.Dataset, cfg: JobConfig, run_id: str, board: Any, *, raise_on_stop: bool,
+         models: tuple[str, ...] = ()) -> ray.data.Dataset:  # fmt: skip
+    """``ds`` (request_id, file_url, question, the content and row index columns, the model
+    and form columns when rows name theirs, any others) with the outcome columns added by
+    the sender actors. ``models``: the models the rows name, when known up front."""
     shares = split(cfg)
-    kwargs = {"cfg": shares.per_actor, "run_id": run_id, "board": board, "raise_on_stop": raise_on_stop}
+    kwargs = {"cfg": shares.per_actor, "run_id": run_id, "board": board, "raise_on_stop": raise_on_stop,
+              "models": models}  # fmt: skip
     return ds.map_batches(
         SenderUDF,
         fn_constructor_kwargs=kwargs,
@@ -87,15 +90,22 @@ class Prepare:
         questions = ["" if v is None else str(v) for v in batch.column(q_col).to_pylist()]
         contents = self._contents(batch, urls, questions)
         id_col = _pick(names, cfg.id_column, ("id",), required=False)
+        # a row's model and form, read as a manifest's (pipeline/manifest.py)
+        routes = Columns(url_col, q_col, id_col, (), (), _pick(names, cfg.form_column, FORM_ALIASES, required=False),
+                         _pick(names, cfg.model_column, MODEL_ALIASES, required=False))  # fmt: skip
+        forms, models = _routes(batch, routes, cfg)  # type: ignore[arg-type]
         if id_col is not None:
             ids = [str(v) for v in batch.column(id_col).to_pylist()]
         else:
-            ids = [request_id(self.prefix, c) for c in contents]
+            ids = [request_id(self.prefix, _identity(c, f, m, cfg.embed))
+                   for c, f, m in zip(contents, forms, models, strict=True)]  # fmt: skip
         rest = [n for n in names if n not in (url_col, q_col, "request_id")]
         out = pa.table({"request_id": ids, "file_url": urls, "question": questions})
         for n in rest:
             out = out.append_column(f"input_{n}" if n in RESERVED_NAMES else n, batch.column(n))
         out = out.append_column(ROW_INDEX, pa.nulls(batch.num_rows, pa.int64()))
+        out = out.append_column(MODEL, pa.array(models, pa.string()))
+        out = out.append_column(FORM, pa.array(forms, pa.string()))
         return out.append_column(CONTENT, pa.array(contents, pa.string()))
 
     def _contents(self, batch: pa.Table, urls: list[str], questions: list[str]) -> list[str]:

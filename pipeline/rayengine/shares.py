@@ -14,7 +14,8 @@ the shares valid for the whole run.
 - rpm: ``R // A - 1`` each. An actor's pacer lets its first request through at once
   and then spaces them ``60 / share`` seconds apart, so one actor sends at most
   ``share + 1`` in any minute and all of them at most ``A * (R // A) <= R``;
-- tpm, max_total_tokens, max_cost: ``// A`` (or ``/ A``) each.
+- tpm, max_total_tokens, max_cost: ``// A`` (or ``/ A``) each;
+- head_concurrency (document HEADs, a limit at the document hosts): ``// A`` each, at least 1.
 
 ``A`` is lowered when a limit is too small to give every actor a share of at least 1.
 """
@@ -59,4 +60,5 @@ def split(cfg: JobConfig) -> Split:
         changes["max_total_tokens"] = cfg.max_total_tokens // a
     if cfg.max_cost is not None:
         changes["max_cost"] = cfg.max_cost / a
+    changes["head_concurrency"] = max(1, cfg.head_concurrency // a)
     return Split(a, cfg.replace(**changes))
