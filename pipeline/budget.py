@@ -59,6 +59,8 @@ class Estimate:
     completion_tokens: int  # completion_estimate per request: max_tokens, or a guess
     cost_usd: float | None  # prompt + completion estimate; None without prices
     min_cost_usd: float | None  # prompt tokens and per-request fees only: a lower bound
+    repeats: int = 0  # rows left out: they repeat an earlier row's request (one request serves both)
+    reusable: int = 0  # rows left out: an earlier answer may be copied forward (--reuse)
 
     @property
     def total_tokens(self) -> int:
@@ -79,21 +81,48 @@ class Estimate:
         )
 
 
-def estimate_rows(manifest: Any, skip: Any, cfg: JobConfig) -> Estimate:
-    """Estimate the rows of ``manifest`` not in ``skip`` (an IdIndex of request ids, or None).
+def estimate_rows(manifest: Any, skip: Any, cfg: JobConfig, index: Any = None, *, distinct: bool = True) -> Estimate:
+    """Estimate the rows of ``manifest`` not in ``skip`` (an IdIndex of request ids, or None)
+    that will certainly be sent: a row repeating an earlier row's request_id rides on its
+    answer (:mod:`pipeline.dedupe`), and a row with a reuse candidate in ``index`` (a
+    :class:`pipeline.reuse.ReuseIndex`, ``--reuse``) may be copied forward, which only its
+    HEAD tells: both are left out (counted in ``repeats`` and ``reusable``), so the figures
+    stay a lower bound. A candidate whose document changed is asked, and the run's guard
+    charges it like any request. ``distinct=False``: an engine that sends every row (Ray).
 
     Each row is priced at its own model's price (a manifest ``model`` column, ``[prices.<model>]``)."""
-    rows = 0
+    import numpy as np
+
+    from .dedupe import HashSet
+
+    rows = repeats = reusable = 0
+    seen = HashSet()
     by_model: dict[str | None, list[int]] = {}  # model -> [requests, prompt tokens]
     for batch in manifest.rows(skip):
-        for row in batch:
-            rows += 1
-            if row.invalid is None:
-                tally = by_model.setdefault(row.model, [0, 0])
-                tally[0] += 1
-                tally[1] += prompt_estimate(row.content, cfg)
+        rows += len(batch)
+        valid = [row for row in batch if row.invalid is None]
+        hashes = np.fromiter((hash(r.request_id) for r in valid), dtype=np.int64, count=len(valid))
+        _, first = np.unique(hashes, return_index=True)
+        ask = np.zeros(len(valid), dtype=np.bool_)
+        ask[first] = True
+        if distinct:
+            ask &= ~seen.contains(hashes)
+            seen.add(hashes[ask])
+        else:
+            ask[:] = True
+        repeats += len(valid) - int(ask.sum())
+        if index is not None and len(index):
+            keys = np.fromiter((r.reuse_key or 0 for r in valid), dtype=np.int64, count=len(valid))
+            candidate = ask & (index.lookup(keys) >= 0)
+            reusable += int(candidate.sum())
+            ask &= ~candidate
+        for i in np.flatnonzero(ask).tolist():
+            tally = by_model.setdefault(valid[i].model, [0, 0])
+            tally[0] += 1
+            tally[1] += prompt_estimate(valid[i].content, cfg)
     whole = Estimate.of(cfg, rows=rows, requests=sum(t[0] for t in by_model.values()),
                         prompt_tokens=sum(t[1] for t in by_model.values()))  # fmt: skip
+    whole = dataclasses.replace(whole, repeats=repeats, reusable=reusable)
     if not cfg.model_prices or whole.cost_usd is None:
         return whole
     parts = [Estimate.of(cfg, rows=0, requests=r, prompt_tokens=p, model=m) for m, (r, p) in by_model.items()]
@@ -107,16 +136,19 @@ def check_before_start(estimate: Estimate, cfg: JobConfig) -> str | None:
     Only a certain overrun refuses the start: the lower bound (prompt tokens and
     fees, no answers) already past the budget. Anything less starts, and the
     guard stops dispatch when real spending gets there."""
+    left_out = f"; not counted: {estimate.repeats} repeated rows" if estimate.repeats else ""
+    if estimate.reusable:
+        left_out += f"{'; not counted:' if not left_out else ','} {estimate.reusable} rows with an answer to reuse"
     if cfg.max_cost is not None and estimate.min_cost_usd is not None and estimate.min_cost_usd > cfg.max_cost:
         return (
             f"the prompts alone of {estimate.requests} requests are estimated at "
             f"${estimate.min_cost_usd:.4f} (${estimate.cost_usd or 0.0:.4f} with answers), more than "
-            f"--max-cost ${cfg.max_cost:.4f}"
+            f"--max-cost ${cfg.max_cost:.4f}{left_out}"
         )
     if cfg.max_total_tokens is not None and estimate.prompt_tokens > cfg.max_total_tokens:
         return (
             f"the prompts alone of {estimate.requests} requests are estimated at "
-            f"{estimate.prompt_tokens} tokens, more than --max-total-tokens {cfg.max_total_tokens}"
+            f"{estimate.prompt_tokens} tokens, more than --max-total-tokens {cfg.max_total_tokens}{left_out}"
         )
     return None
 

@@ -36,6 +36,8 @@ from typing import Any
 import aiohttp
 
 from .client import EnvProxies, redact
+from .headwire import HeadWire, target
+from .presign import Presigner, is_s3_url
 
 log = logging.getLogger("docpipe")
 
@@ -46,6 +48,8 @@ CACHE_URLS = 16384
 #: HEADs started and not yet answered, at most. Beyond it (a document server far slower than
 #: the gateway) a URL gets no HEAD: its rows are asked tomorrow, and memory stays bounded.
 BACKLOG = 8192
+#: Seconds a presigned HEAD of an ``s3://`` document is valid: it is sent at once.
+PRESIGN_TTL = 300
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+)")
 
 
@@ -65,13 +69,14 @@ class DocMeta:
 def meta_from_headers(status: int, headers: Any) -> DocMeta:
     """The metadata of a 2xx answer to HEAD (``Content-Length``) or to a ranged GET
     (206 ``Content-Range: bytes 0-0/TOTAL``; a 200 ignoring the range: ``Content-Length``)."""
-    etag = headers.get("ETag") or None
+    # lower-case names: aiohttp's headers are case-insensitive, pipeline/headwire.py's are lower-cased
+    etag = headers.get("etag") or None
     last_modified: float | None = None
-    if lm := headers.get("Last-Modified"):
+    if lm := headers.get("last-modified"):
         with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
             last_modified = parsedate_to_datetime(lm).timestamp()
     size: int | None = None
-    text = headers.get("Content-Range") if status == 206 else headers.get("Content-Length")
+    text = headers.get("content-range") if status == 206 else headers.get("content-length")
     if text:
         m = _CONTENT_RANGE.search(text) if status == 206 else None
         digits = m.group(1) if m else text.strip()
@@ -112,6 +117,8 @@ class DocHeads:
         self._gate = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._proxies: EnvProxies | None = None
+        self._wire = HeadWire(max_idle=concurrency)
+        self.presigner: Presigner | None = None  # made for the first s3:// document (boto3)
 
     async def __aenter__(self) -> DocHeads:
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
@@ -126,6 +133,7 @@ class DocHeads:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._wire.close()
         if self._session is not None:
             await self._session.close()
 
@@ -173,25 +181,54 @@ class DocHeads:
             await self.on_done(doc)
 
     async def _fetch(self, url: str) -> DocMeta | None:
+        """The metadata of ``url``'s document; an ``s3://`` URL is HEADed presigned (below)."""
+        if is_s3_url(url):
+            try:
+                head, get = self._presigned(url)
+            except Exception as e:  # boto3 missing, no credentials: the rows are asked, never failed
+                self._failed(url, f"cannot presign: {type(e).__name__}")
+                return None
+            return await self._http(head, get, shown=url)
+        return await self._http(url, url, shown=url)
+
+    def _presigned(self, url: str) -> tuple[str, str]:
+        """A presigned HEAD of an ``s3://`` document, and a presigned GET for the ranged GET."""
+        if self.presigner is None:
+            self.presigner = Presigner(PRESIGN_TTL)
+        return self.presigner.sign(url, "head_object"), self.presigner.sign(url)
+
+    async def _http(self, url: str, get_url: str, *, shown: str) -> DocMeta | None:
         assert self._session is not None
         try:
             self.counts["heads"] += 1
             proxy = self._proxies.for_url(url) if self._proxies is not None else None
-            async with self._session.head(url, allow_redirects=True, proxy=proxy) as resp:
-                status, meta = resp.status, meta_from_headers(resp.status, resp.headers)
-            if status in HEAD_REFUSED:
+            status = await self._wire_head(url) if proxy is None else None
+            if status is None or 300 <= status[0] < 400:  # not for the cheap path, or a redirect to follow
+                async with self._session.head(url, allow_redirects=True, proxy=proxy) as resp:
+                    status = resp.status, meta_from_headers(resp.status, resp.headers)
+            if status[0] in HEAD_REFUSED:
                 self.counts["ranged_gets"] += 1
                 # a ranged GET of one byte; leaving the body unread closes the connection
-                async with self._session.get(url, headers={"Range": "bytes=0-0"}, allow_redirects=True,
+                async with self._session.get(get_url, headers={"Range": "bytes=0-0"}, allow_redirects=True,
                                              proxy=proxy) as resp:  # fmt: skip
-                    status, meta = resp.status, meta_from_headers(resp.status, resp.headers)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-            self._failed(url, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+                    status = resp.status, meta_from_headers(resp.status, resp.headers)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+            self._failed(shown, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
             return None
-        if not 200 <= status < 300:
-            self._failed(url, f"HTTP {status}")
+        if not 200 <= status[0] < 300:
+            self._failed(shown, f"HTTP {status[0]}")
             return None
-        return meta
+        return status[1]
+
+    async def _wire_head(self, url: str) -> tuple[int, DocMeta] | None:
+        """The HEAD on docpipe's own kept-alive connections (:mod:`pipeline.headwire`), or None
+        when that path does not take the URL."""
+        t = target(url, "docpipe")
+        if t is None:
+            return None
+        async with asyncio.timeout(self.timeout):
+            answer = await self._wire.head(t)
+        return answer.status, meta_from_headers(answer.status, answer.headers)
 
     def _failed(self, url: str, why: str) -> None:
         self.counts["failed"] += 1

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -88,12 +88,47 @@ class Gate:
             doc = self.heads.get(row.file_url.strip()) if self.heads is not None else None
             c = -1 if cands is None else cands[i]
             if c < 0 or doc is None:
-                await queue.put(row)
+                await self._put(row)
             elif doc.done:
                 await self._decide(row, c, doc.meta)
-            else:
-                await self._parked.acquire()
-                doc.waiters.append((row, c))
+            elif await self._park(row, c, doc):
+                return
+
+    async def _park(self, row: Row, c: int, doc: Doc) -> bool:
+        """Park ``row`` on its document's HEAD (decide it at once if the HEAD answered while it
+        waited for a place); True when the run stopped first."""
+        if not self._parked.locked():
+            await self._parked.acquire()  # free: returns without yielding, the HEAD cannot answer meanwhile
+        elif not await self._unless_stopped(self._parked.acquire()):
+            return True
+        if doc.done:
+            self._parked.release()
+            await self._decide(row, c, doc.meta)
+        else:
+            doc.waiters.append((row, c))
+        return False
+
+    async def _put(self, row: Row) -> None:
+        assert self.queue is not None
+        if not self.queue.full():
+            self.queue.put_nowait(row)
+        else:
+            await self._unless_stopped(self.queue.put(row))
+
+    async def _unless_stopped(self, waiting: Awaitable[object]) -> bool:
+        """Await ``waiting`` (a full queue, the parked rows' bound) unless the run stops first:
+        after a stop nobody takes rows from the queue, and a HEAD's ``on_done`` or the producer
+        waiting on it would wait for ever. True when ``waiting`` finished."""
+        if self.stop.is_set:
+            return False
+        task = asyncio.ensure_future(waiting)
+        stopped = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if task.done():
+            return True
+        task.cancel()  # a cancelled put adds nothing, a cancelled acquire takes nothing
+        return False
 
     async def _settle_parked(self, doc: Doc) -> None:
         late, doc.late = doc.late, []
@@ -112,7 +147,7 @@ class Gate:
             if self.sink.add(c, row, meta):
                 await self._flush()
         else:
-            await self.queue.put(row)
+            await self._put(row)
 
     async def _flush(self) -> None:
         """Journal the reused outcomes decided so far (their answers read in a thread)."""
@@ -183,9 +218,12 @@ async def reuse_known_rows(rows: list[Row], index: ReuseIndex, heads: DocHeads,
 
 def reuse_index(cfg: JobConfig) -> ReuseIndex:
     """The index of the earlier answers ``cfg.reuse`` names (blocking: run it in a thread)."""
+    from .memory import release_memory
     from .reuse import source_folders
 
-    return ReuseIndex(source_folders(cfg.reuse, cfg.out), max_age=cfg.max_age)
+    index = ReuseIndex(source_folders(cfg.reuse, cfg.out), max_age=cfg.max_age)
+    release_memory()  # the scan's Python objects (an ETag string per earlier answer): 34 MB at 1M
+    return index
 
 
 def doc_heads(cfg: JobConfig) -> contextlib.AbstractAsyncContextManager[DocHeads | None]:

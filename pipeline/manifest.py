@@ -24,6 +24,7 @@ Decisions a user may want to know (also in the README):
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -396,11 +397,15 @@ def _as_text(col: pa.Array[Any] | pa.ChunkedArray[Any]) -> list[str]:
     return ["" if v is None else v for v in col.to_pylist()]
 
 
+#: Any whitespace (``\s`` of a str pattern is str.isspace()); a regex, not a loop over characters.
+_SPACE = re.compile(r"\s")
+
+
 def _invalid(url: str, question: str) -> str | None:
     u = url.strip()
     if not u:
         return "file_url is empty"
-    if any(ch.isspace() for ch in u):
+    if _SPACE.search(u):
         return f"file_url contains a space: {u[:80]!r}"
     if u.lower().startswith("s3://"):  # a private document: presigned before each attempt (pipeline/presign.py)
         parts = urlsplit(u)

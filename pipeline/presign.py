@@ -60,11 +60,12 @@ class Presigner:
                 )
             return self._client
 
-    def sign(self, url: str) -> str:
-        """A presigned GET URL for ``url`` (``s3://bucket/key``), valid for ``ttl`` seconds."""
+    def sign(self, url: str, method: str = "get_object") -> str:
+        """A presigned URL for ``url`` (``s3://bucket/key``), valid for ``ttl`` seconds: a GET,
+        or with ``method="head_object"`` a HEAD (the signature covers the HTTP method)."""
         parts = urlsplit(url.strip())
         params = {"Bucket": parts.netloc, "Key": parts.path.lstrip("/")}
-        signed: str = self._s3().generate_presigned_url("get_object", Params=params, ExpiresIn=self.ttl)
+        signed: str = self._s3().generate_presigned_url(method, Params=params, ExpiresIn=self.ttl)
         return signed
 
 

@@ -102,6 +102,11 @@ class Outcome:
     models_tried: tuple[str, ...] | None = None  # in order, ending with ``model`` (fallbacks)
 
 
+def _epoch(value: Any) -> float:
+    """A stored time as epoch seconds: a datetime (Arrow's ``to_pylist``) or already a float."""
+    return value if isinstance(value, float) else float(value.timestamp())
+
+
 def copied_outcome(old: Mapping[str, Any], request_id: str, row_index: int, **changes: Any) -> Outcome:
     """An ok answer of an earlier run carried into this one without a request (``--reuse``, or a
     changed schema it still fits): answer, usage, cost, times and answering model as stored,
@@ -123,8 +128,8 @@ def copied_outcome(old: Mapping[str, Any], request_id: str, row_index: int, **ch
         http_status=old["http_status"],
         attempts=0,
         latency_ms=None,
-        started_at=old["started_at"].timestamp(),
-        completed_at=old["completed_at"].timestamp(),
+        started_at=_epoch(old["started_at"]),
+        completed_at=_epoch(old["completed_at"]),
         response_id=old["response_id"],
         gateway_request_id=old["gateway_request_id"],
         cost_usd=old["cost_usd"],

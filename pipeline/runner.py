@@ -116,12 +116,12 @@ class Run:
         # nothing to send (done): no walk over the manifest, no read of the journal
         prior_counts, reused, skip = (done, [], None) if done else _prior_state(self.run_dir, manifest, cfg, self.asker)
         self.record.begin(_in_scope(manifest, cfg), prior_counts)
+        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse and done is None else None  # --reuse
         budget = BudgetGuard(cfg)
-        if budget.active and done is None:
-            why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg), cfg)
+        if budget.active and done is None:  # the rows certainly sent: repeats and reuse candidates left out
+            why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg, index), cfg)
             if why:
                 raise UsageError(f"{why}; nothing was sent")
-        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self.stop.request(str(e))
         self._write_info(self.record.running())

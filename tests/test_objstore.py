@@ -194,3 +194,27 @@ def test_a_job_file_keeps_object_store_urls_and_resolves_its_cache_dir(tmp_path:
     cfg = load_config(job, flags={"presign_ttl": "900"})
     assert (cfg.manifest, cfg.out) == ("s3://bucket/in/m.parquet", "s3://bucket/out/night")
     assert (cfg.cache_dir, cfg.presign_ttl) == (str((tmp_path / "cache").resolve()), 900.0)
+
+
+def test_s3_documents_get_their_metadata_by_a_presigned_head_and_are_reused_until_they_change(
+    s3: S3, sim: Any, tmp_path: Path
+) -> None:
+    bucket = s3.bucket()
+    for i in range(6):
+        s3.client.put_object(Bucket=bucket, Key=f"d/{i}.pdf", Body=f"%PDF-1.4 document {i}".encode())
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file_url,question\n" + "".join(f"s3://{bucket}/d/{i}.pdf,What is inside?\n" for i in range(6)))
+    server = sim(latency_s=0.0)
+    night1 = run(fast_config(manifest, tmp_path / "n1", server, doc_meta=True))
+    rows = pq.read_table(tmp_path / "n1" / "results.parquet").to_pylist()
+    etags = {s3.client.head_object(Bucket=bucket, Key=f"d/{i}.pdf")["ETag"] for i in range(6)}
+    assert night1.ok == 6 and {r["doc_etag"] for r in rows} == etags  # the object's own ETag, via HEAD
+    assert all(r["doc_bytes"] == len(f"%PDF-1.4 document {r['file_url'][-5]}") for r in rows)
+
+    s3.client.put_object(Bucket=bucket, Key="d/0.pdf", Body=b"%PDF-1.4 a new version")  # one object changes
+    before = server.stats()["requests"]
+    night2 = run(fast_config(manifest, tmp_path / "n2", server, doc_meta=True, reuse=(str(tmp_path / "n1"),)))
+    assert (night2.ok, night2.reused, server.stats()["requests"] - before) == (6, 5, 1)
+    asked = [r["file_url"] for r in pq.read_table(tmp_path / "n2" / "results.parquet").to_pylist()
+             if r["reused_from"] is None]  # fmt: skip
+    assert asked == [f"s3://{bucket}/d/0.pdf"]

@@ -198,3 +198,42 @@ def test_a_reused_answer_keeps_the_model_that_answered_it(tmp_path: Path, sim: A
         tried = ["gpt-4o-all", "gpt-4-all"]
         assert (r["model"], r["models_tried"], r["reused_from"]) == ("gpt-4-all", tried, s1.run_id)
         assert r["answer"] == answer_for("gpt-4-all", f"{r['file_url']} {r['question']}")
+
+
+def test_the_budget_before_the_start_leaves_out_repeats_and_rows_with_an_answer_to_reuse(
+    tmp_path: Path, sim: Any
+) -> None:
+    from pipeline.budget import estimate_rows
+    from pipeline.incremental import reuse_index
+    from pipeline.manifest import Manifest
+
+    server = sim(latency_s=0.0)
+    names = [f"b{i}.pdf" for i in range(40)]
+    _run(write_csv(tmp_path / "n1.csv", _docs(server, names)), tmp_path / "night1", server, **PRICES)
+    paid = sum(r["cost_usd"] for r in _results(tmp_path / "night1")) / len(names)  # a request's real cost
+    # night 2: each old row twice (40 repeats), and 10 new rows
+    new = _docs(server, [f"new{i}.pdf" for i in range(10)])
+    night2 = write_csv(tmp_path / "n2.csv", _docs(server, names) * 2 + new)
+    cfg = load_config(manifest=str(night2), reuse=(str(tmp_path / "night1"),), **PRICES, env={})
+    est = estimate_rows(Manifest(str(night2), cfg), None, cfg, reuse_index(cfg))
+    assert (est.rows, est.repeats, est.reusable, est.requests) == (90, 40, 40, 10)
+    every = estimate_rows(Manifest(str(night2), cfg), None, cfg, distinct=False)  # the old count: every row
+    assert every.requests == 90 and every.min_cost_usd > 10 * paid > est.min_cost_usd  # type: ignore[operator]
+
+    # a budget the old count refused: starts, reuses the 40 (80 rows), asks the 10 new rows
+    before = _requests(server)
+    s2 = _run(night2, tmp_path / "night2", server, reuse=(str(tmp_path / "night1"),), max_cost=10 * paid * 1.2,
+              **PRICES)  # fmt: skip
+    assert (s2.exit_code, s2.reused, _requests(server) - before) == (0, 80, 10)  # repeats ride on reused rows
+
+    # every document changed: the candidates are asked after all, and the guard during the run stops them
+    server.files(change=names)
+    before = _requests(server)
+    s3 = _run(night2, tmp_path / "night3", server, reuse=(str(tmp_path / "night1"),), max_cost=20 * paid,
+              concurrency=2, **PRICES)  # fmt: skip
+    spent = _requests(server) - before
+    assert s3.exit_code == 3 and "max-cost" in (s3.reason or "") and s3.reused == 0 and 10 <= spent < 50
+    # a budget below even the rows certainly sent is refused, naming what was left out
+    with pytest.raises(UsageError, match="not counted: 40 repeated rows, 40 rows with an answer to reuse"):
+        _run(night2, tmp_path / "night4", server, reuse=(str(tmp_path / "night1"),),
+             max_cost=est.min_cost_usd * 0.5, **PRICES)  # type: ignore[operator]  # fmt: skip

@@ -132,7 +132,8 @@ print("pandas" in sys.modules)
 FIRST_REQUEST_MODULES = {
     "pipeline", "pipeline.arrowutil", "pipeline.budget", "pipeline.cli", "pipeline.client", "pipeline.config",
     "pipeline.control", "pipeline.dedupe", "pipeline.docmeta", "pipeline.embed", "pipeline.errors",
-    "pipeline.fallback", "pipeline.forms", "pipeline.idset", "pipeline.incremental", "pipeline.journal",
+    "pipeline.fallback", "pipeline.forms", "pipeline.headwire", "pipeline.idset", "pipeline.incremental",
+    "pipeline.journal",
     "pipeline.limits", "pipeline.manifest", "pipeline.memory", "pipeline.models", "pipeline.pool", "pipeline.presign",
     "pipeline.records", "pipeline.report", "pipeline.retry", "pipeline.reuse", "pipeline.rundir", "pipeline.runner",
     "pipeline.runrecord", "pipeline.schema", "pipeline.sender", "pipeline.signedurl", "pipeline.storage",

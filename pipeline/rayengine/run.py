@@ -95,7 +95,9 @@ class RayRun(Run):
         self.record.begin(manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows),
                           _prior_counts(prior, cfg.retry_failed))  # fmt: skip
         del prior, skip_prior
-        if BudgetGuard(cfg).active and (why := check_before_start(estimate_rows(manifest, skip, cfg), cfg)):
+        # every row is sent on Ray (no dedupe): every row counts
+        estimate = estimate_rows(manifest, skip, cfg, distinct=False) if BudgetGuard(cfg).active else None
+        if estimate is not None and (why := check_before_start(estimate, cfg)):
             raise UsageError(f"{why}; nothing was sent")
         index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
