@@ -69,3 +69,22 @@ def test_urls_the_cheap_path_does_not_take_go_through_aiohttp() -> None:
     for url in ("ftp://h.example/a.pdf", "http://user:pw@h.example/a.pdf", "https://h.example/ä.pdf",
                 "s3://bucket/key", "http:///nohost"):  # fmt: skip
         assert target(url, "docpipe") is None
+
+
+def test_a_host_that_does_not_resolve_is_looked_up_once_not_once_a_head(caplog: Any) -> None:
+    # Each connection asking the resolver itself made a few dozen concurrent lookups of an
+    # unknown host each wait out the resolver's timeout (5 s here, past this test's 2 s
+    # head timeout), which kept a 1 500-row run 290 s past its last answer.
+    caplog.set_level("DEBUG", logger="docpipe")
+
+    async def main() -> dict[str, int]:
+        async with DocHeads(timeout=2, concurrency=32) as heads:
+            for i in range(200):
+                heads.get(f"https://docs.nohost.invalid/{i}.pdf")
+            await heads.settle()
+            return heads.counts
+
+    counts = asyncio.run(main())
+    assert counts["heads"] == counts["failed"] == 200
+    reasons = [r.getMessage() for r in caplog.records if "no document metadata" in r.getMessage()]
+    assert len(reasons) == 200 and not [r for r in reasons if "TimeoutError" in r], reasons[:3]
