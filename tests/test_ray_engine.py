@@ -181,10 +181,10 @@ def test_a_bad_key_stops_the_whole_job_and_the_rows_stay_pending(local_ray: None
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.Table.from_pylist(make_rows(200)), manifest)
     server = sim(api_key="sk-the-right-key-0000")
-    # --ray-actors not set: one actor on this one-node Ray
+    # --ray-actors not set: two actors on this one-node Ray
     summary = run(fast_config(manifest, tmp_path / "out", server, engine="ray", concurrency=8))
     assert (summary.exit_code, summary.ok, summary.failed, summary.pending) == (3, 0, 0, 200)
-    assert json.loads((tmp_path / "out" / "_run.json").read_text())["engine"]["actors"] == 1
+    assert json.loads((tmp_path / "out" / "_run.json").read_text())["engine"]["actors"] == 2
     assert "key" in (summary.reason or "")
     assert server.stats()["requests"] < 200  # stopped dispatching, not one 401 per row
 

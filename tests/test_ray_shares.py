@@ -31,10 +31,10 @@ def test_shares_add_up_to_at_most_the_limits(settings: dict[str, int], actors: i
         assert s.actors * per_minute <= cfg.rpm
 
 
-def test_actors_by_default_one_on_one_node_four_on_a_cluster() -> None:
-    from pipeline.rayengine.shares import CLUSTER_ACTORS, default_actors
+def test_actors_by_default_two_on_one_node_four_on_a_cluster() -> None:
+    from pipeline.rayengine.shares import CLUSTER_ACTORS, ONE_NODE_ACTORS, default_actors
 
-    assert [default_actors(n) for n in (1, 2, 16)] == [1, CLUSTER_ACTORS, CLUSTER_ACTORS] == [1, 4, 4]
+    assert [default_actors(n) for n in (1, 2, 16)] == [ONE_NODE_ACTORS, CLUSTER_ACTORS, CLUSTER_ACTORS] == [2, 4, 4]
     assert split(load_config(concurrency=64)).actors == 4  # not set and no cluster known: a cluster's
 
 
