@@ -43,12 +43,12 @@ import pyarrow.parquet as pq
 
 from .errors import ManifestError, StorageError
 from .schema import JOURNAL_SCHEMA
-from .storage import RESULTS_FILE, RUN_FILE, atomic_write_table, replacing
+from .storage import REPORT_FILE, RESULTS_FILE, RUN_FILE, atomic_write_table, replacing
 
 #: Schemes read through pyarrow's own S3 file system; others go through fsspec.
 S3_SCHEMES = ("s3", "s3a")
 #: Files of an output folder that are uploaded, in this order (_run.json last: it says the run ended).
-UPLOADED = (RESULTS_FILE, "_report.html", RUN_FILE)
+UPLOADED = (RESULTS_FILE, REPORT_FILE, RUN_FILE)
 _COPY_BLOCK = 8 << 20
 
 

@@ -51,7 +51,7 @@ from .report import ProgressDisplay
 from .rundir import RunDir
 from .runrecord import Counts, RunRecord, results_counts
 from .sender import RowSender
-from .storage import atomic_write_bytes
+from .storage import REPORT_FILE, atomic_write_bytes
 from .structured.ask import Asker, asker_for
 
 log = logging.getLogger("docpipe")
@@ -181,7 +181,7 @@ class Run:
             self.progress.close(self.record.snapshot(self.pacer.slots))
         self.record.mark("finished_s")
         self._write_info(summary)
-        if not (self._keep_report and (self.run_dir.path / "_report.html").exists()):  # htmlreport.REPORT_FILE
+        if not (self._keep_report and (self.run_dir.path / REPORT_FILE).exists()):
             _write_report(self.run_dir)
         return summary
 

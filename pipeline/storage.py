@@ -30,6 +30,7 @@ from .schema import dictionary_columns
 #: File names inside an output folder (underscore or dot: ``pd.read_parquet(OUT)`` skips them).
 RESULTS_FILE = "results.parquet"
 RUN_FILE = "_run.json"
+REPORT_FILE = "_report.html"  # underscore: pd.read_parquet(OUT) skips it, as it skips _run.json
 JOURNAL_DIR = "_journal"
 LOCK_FILE = ".lock"
 TEMP_GLOB = ".*.tmp"

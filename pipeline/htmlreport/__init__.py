@@ -22,13 +22,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..storage import atomic_write_bytes
+from ..storage import REPORT_FILE, atomic_write_bytes
 from .compare import Comparison
 from .compare import compare as compare_folders
 from .data import ReportData, build
 from .page import render
-
-REPORT_FILE = "_report.html"  # underscore: pd.read_parquet(OUT) skips it, as it skips _run.json
 
 __all__ = ["REPORT_FILE", "Comparison", "ReportData", "build", "render_report", "write_report"]
 
