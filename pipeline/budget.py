@@ -88,7 +88,7 @@ def estimate_rows(manifest: Any, skip: Any, cfg: JobConfig, index: Any = None, *
     :class:`pipeline.reuse.ReuseIndex`, ``--reuse``) may be copied forward, which only its
     HEAD tells: both are left out (counted in ``repeats`` and ``reusable``), so the figures
     stay a lower bound. A candidate whose document changed is asked, and the run's guard
-    charges it like any request. ``distinct=False``: an engine that sends every row (Ray).
+    charges it like any request. ``distinct=False``: count every row, repeats too (the Ray driver's stricter estimate).
 
     Each row is priced at its own model's price (a manifest ``model`` column, ``[prices.<model>]``)."""
     import numpy as np

@@ -95,7 +95,8 @@ class RayRun(Run):
         self.record.begin(manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows),
                           _prior_counts(prior, cfg.retry_failed))  # fmt: skip
         del prior, skip_prior
-        # every row is sent on Ray (no dedupe): every row counts
+        # every row counts, repeats and reuse candidates too: stricter than the asyncio engine, whose
+        # estimate leaves them out, although this driver now also sends a repeat once: one rule for both is to do
         estimate = estimate_rows(manifest, skip, cfg, distinct=False) if BudgetGuard(cfg).active else None
         if estimate is not None and (why := check_before_start(estimate, cfg)):
             raise UsageError(f"{why}; nothing was sent")
