@@ -38,7 +38,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -49,6 +49,7 @@ from .arrowutil import int_codes, numeric, string_scalar
 from .idset import IdIndex, hash_ids
 from .journal import latest_per_id
 from .manifest import scoped_batches
+from .memory import arrow_pool
 from .rundir import RunDir
 from .schema import INPUT_COLUMNS, JOURNAL_SCHEMA, OUTCOME_COLUMNS, output_schema
 from .storage import ROW_GROUP_ROWS, atomic_write_table
@@ -117,7 +118,7 @@ def _spill(run_dir: RunDir, index: IdIndex, spill: Path, chunk_rows: int) -> Non
             chunk = pos // chunk_rows
             chunk[pos < 0] = -1
             for k in np.unique(chunk):
-                part = batch.filter(numeric(chunk == k))
+                part = pc.filter(cast(Any, batch), numeric(chunk == k), memory_pool=arrow_pool())  # stubs: arrays only
                 if int(k) not in writers:
                     name = "orphans" if k < 0 else f"chunk-{int(k):07d}"
                     sink = pa.OSFile(str(spill / f"{name}.arrow"), "wb")
@@ -133,8 +134,8 @@ def _latest_of(path: Path) -> pa.Table | None:
     """Latest outcome per id of one spill file (written in journal order)."""
     if not path.exists():
         return None
-    with pa.OSFile(str(path), "rb") as source:
-        return latest_per_id(pa.ipc.open_stream(source).read_all())
+    with pa.OSFile(str(path), "rb", memory_pool=arrow_pool()) as source:
+        return latest_per_id(pa.ipc.open_stream(source, memory_pool=arrow_pool()).read_all())
 
 
 def _recut(batches: Iterable[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.Table]:
@@ -174,8 +175,10 @@ def _placed(table: pa.Table, base: int, outcomes: pa.Table, cols: Any, schema: p
     outcome, each with its outcome's columns (``outcomes`` carries every row's position)."""
     local = int_codes(outcomes[_POS].combine_chunks()) - base  # not to_numpy(): it imports pandas
     order = np.argsort(local, kind="stable")
-    taken = outcomes.take(numeric(order))
-    return _assemble(table.take(numeric(local[order])), taken["request_id"], taken, cols, schema, spec)
+    pool = arrow_pool()
+    taken = pc.take(outcomes, numeric(order), memory_pool=pool)
+    rows = pc.take(table, numeric(local[order]), memory_pool=pool)
+    return _assemble(rows, taken["request_id"], taken, cols, schema, spec)
 
 
 def join(table: pa.Table, ids: pa.Array[Any], outcomes: pa.Table, cols: Any, schema: pa.Schema,
@@ -192,7 +195,7 @@ def _assemble(table: pa.Table, ids: pa.Array[Any] | pa.ChunkedArray[Any], taken:
     """Results rows from manifest rows and their outcomes, row for row."""
     arrays: list[pa.Array[Any] | pa.ChunkedArray[Any]] = [ids, _text(table[cols.file_url]), _text(table[cols.question])]
     for src, name in zip(cols.passthrough, cols.output_names, strict=True):
-        arrays.append(table[src].cast(schema.field(name).type))
+        arrays.append(pc.cast(table[src], schema.field(name).type, memory_pool=arrow_pool()))
     arrays += [taken[n] for n in OUTCOME_COLUMNS]
     if spec is not None:
         arrays += answer_columns(spec, taken["answer"], pc.equal(taken["status"], string_scalar("ok")).fill_null(False))
@@ -200,7 +203,7 @@ def _assemble(table: pa.Table, ids: pa.Array[Any] | pa.ChunkedArray[Any], taken:
 
 
 def _text(col: pa.ChunkedArray[Any]) -> pa.ChunkedArray[Any]:
-    return col if pa.types.is_string(col.type) else col.cast(pa.string())
+    return col if pa.types.is_string(col.type) else pc.cast(col, pa.string(), memory_pool=arrow_pool())
 
 
 def _compact_in_memory(run_dir: RunDir, manifest: Any, schema: pa.Schema, spec: Spec | None) -> int:

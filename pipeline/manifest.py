@@ -166,8 +166,8 @@ class Manifest:
         size = size or self.cfg.batch_rows
         try:
             if self.format == "parquet":
-                pf = pq.ParquetFile(self.path)
-                yield from pf.iter_batches(batch_size=size, columns=columns)
+                pf = pq.ParquetFile(self.path, pre_buffer=False)
+                yield from pf.iter_batches(batch_size=size, columns=columns, use_threads=False)
                 return
             import pyarrow.csv as pacsv  # only CSV manifests need it (import time counts)
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import StorageError
+from .memory import arrow_pool
 from .schema import dictionary_columns
 
 #: File names inside an output folder (underscore or dot: ``pd.read_parquet(OUT)`` skips them).
@@ -122,7 +123,12 @@ def atomic_write_table(path: Path, tables: Iterable[pa.Table | pa.RecordBatch], 
     groups); returns the rows written."""
     rows = 0
     dictionary: Any = dictionary_columns(schema)  # the stubs allow only a bool; pyarrow takes column names
-    with replacing(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=dictionary) as writer:
+    with (
+        replacing(path) as tmp,
+        pq.ParquetWriter(
+            tmp, schema, compression="zstd", use_dictionary=dictionary, memory_pool=arrow_pool()
+        ) as writer,
+    ):
         for t in tables:
             if t.num_rows:
                 table = pa.Table.from_batches([t], schema=schema) if isinstance(t, pa.RecordBatch) else t
