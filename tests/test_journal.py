@@ -17,6 +17,7 @@ import pytest
 
 from pipeline import journal, storage
 from pipeline.journal import JournalWriter, iter_log, latest_per_id, rejected_path, repair_log
+from pipeline.memory import arrow_pool
 from pipeline.records import Outcome
 from pipeline.rundir import RunDir
 from pipeline.schema import JOURNAL_SCHEMA
@@ -99,6 +100,26 @@ def test_a_big_answer_among_many_small_lines_reads_them_all(run_dir: RunDir) -> 
     table = run_dir.read_journal(["request_id", "answer"])
     assert table.num_rows == 20_001 and ids(table)[10_000] == "big"
     assert len(table["answer"][10_000].as_py()) == 5 * MB
+
+
+def test_a_log_is_parsed_in_chunks_of_at_most_one_mib(run_dir: RunDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 10: 4 MiB chunks parsed on every core left ~30 MB more behind at compaction of 10 000 rows
+    path = write_log(run_dir, [outcome(f"r{i}", answer="y" * 600) for i in range(4000)])  # ~3.5 MiB
+    chunks: list[int] = []
+    parse = journal._parse
+    monkeypatch.setattr(journal, "_parse", lambda lines: chunks.append(len(lines)) or parse(lines))
+    assert sum(b.num_rows for b in iter_log(path)) == 4000
+    assert len(chunks) >= 3 and max(chunks) <= MB + 1000  # a chunk ends at the line end after 1 MiB
+
+
+def test_reading_a_log_allocates_from_docpipes_pool_not_arrows_default(run_dir: RunDir) -> None:
+    # Arrow's default pool (mimalloc) keeps what a parse peaked at, per thread; arrow_pool hands it back
+    path = write_log(run_dir, [outcome(f"r{i}", answer="y" * 600) for i in range(2000)])
+    default, ours = pa.default_memory_pool(), arrow_pool()
+    before, ours_before = default.total_bytes_allocated(), ours.total_bytes_allocated()
+    assert sum(b.num_rows for b in iter_log(path)) == 2000
+    assert default.total_bytes_allocated() == before
+    assert ours.total_bytes_allocated() > ours_before + 1_000_000  # the parse happened, in our pool
 
 
 def test_empty_log_reads_as_nothing_and_needs_no_repair(run_dir: RunDir) -> None:
