@@ -13,7 +13,7 @@ loses *nothing* that came back (only requests still in flight are paid twice),
 while the once-a-second fsync bounds what a power cut can take.
 
 Reading (:func:`iter_log`) is vectorised: the log is cut at line ends into chunks
-of about 1 MiB, each parsed by pyarrow's JSON reader on the calling thread, into
+of about 1 MiB, each parsed by pyarrow's JSON reader into
 :func:`~pipeline.memory.arrow_pool` (see there why). A chunk holding a line
 longer than pyarrow's block is parsed again as one block, so answers of any size
 come back. A chunk that still fails is parsed line by line: a line that is not
@@ -61,9 +61,10 @@ log = logging.getLogger(__name__)
 _FILE = re.compile(r"^(part|log)-(\d{9})\.(parquet|jsonl)$")
 _LOG_SUFFIX = ".jsonl"
 
-#: Bytes read per chunk of log; pyarrow parses each chunk in 256 KiB blocks on this thread.
-#: Issue 10, 10 000-row folder: 4 MiB chunks parsed on all cores took compaction's peak
-#: from 110 to 142 MB (a mimalloc heap per Arrow thread, each kept), 1 MiB on one thread to 121.
+#: Bytes read per chunk of log; pyarrow parses each chunk in 256 KiB blocks on all cores,
+#: into :func:`~pipeline.memory.arrow_pool`. Issue 10, 10 000-row folder: 4 MiB chunks in
+#: Arrow's default pool took the journal pass of compaction from 110 to 142 MB peak, 1 MiB
+#: chunks into the system pool to 121-124 (on one thread 121: not worth the cores).
 CHUNK_BYTES = 1 << 20
 _BLOCK_BYTES = 256 << 10
 
@@ -207,7 +208,7 @@ def _read_json(lines: bytes, block_size: int) -> pa.Table | None:
     try:
         return pj.read_json(
             pa.BufferReader(lines),  # type: ignore[arg-type]  # the stubs omit NativeFile
-            read_options=pj.ReadOptions(block_size=block_size, use_threads=False),
+            read_options=pj.ReadOptions(block_size=block_size),
             parse_options=pj.ParseOptions(explicit_schema=_LOG_SCHEMA, unexpected_field_behavior="ignore"),
             memory_pool=arrow_pool(),
         )

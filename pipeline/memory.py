@@ -3,13 +3,15 @@
 :func:`arrow_pool` is passed explicitly to the Arrow calls of the run's end (reading
 the journal back, compaction's spill, takes and casts, the results writer), so they
 allocate from glibc's heap rather than Arrow's C++ default pool (mimalloc), which keeps
-a heap per thread that touched it and hands little back. The same calls run on the
-calling thread (``use_threads=False``): Arrow's CPU threads would each grow a heap of
-their own. Nothing process-wide changes: the caller's default pool stays what it was.
+a heap per thread that touched it and hands little back. The Parquet reads of the
+run's end (journal parts, the manifest's second pass) cannot take a pool: they run on
+the calling thread without pre-buffering, so Arrow's CPU threads do not each grow a
+mimalloc heap of their own. Nothing process-wide changes: the caller's default pool
+stays what it was.
 
 Issue 10, compaction and report of a finished 10 000-row folder in one process
-(imports and manifest 96 MB): peak 181 MB before, 138 MB with the pool and one thread
-(``/tmp``-style isolated measurement, see the README's memory section). What stays in
+(imports and manifest 96 MB): peak 195-203 MB before, 148-151 MB after; 1 000 000 rows:
+250 MB before, 183 after (isolated measurement, see the README's memory section). What stays in
 mimalloc: the Parquet reader's and writer's properties (page buffers, decompression),
 which pyarrow gives no per-call pool for.
 
