@@ -10,8 +10,8 @@ mimalloc heap of their own. Nothing process-wide changes: the caller's default p
 stays what it was.
 
 Issue 10, compaction and report of a finished 10 000-row folder in one process
-(imports and manifest 96 MB): peak 195-203 MB before, 148-151 MB after; 1 000 000 rows:
-250 MB before, 183 after (isolated measurement, see the README's memory section). What stays in
+(imports and manifest 96 MB): peak 180-203 MB before, 148-151 MB after; 1 000 000 rows:
+250 MB before, 183 after (``docs/compaction_memory.py``, see the README's memory section). What stays in
 mimalloc: the Parquet reader's and writer's properties (page buffers, decompression),
 which pyarrow gives no per-call pool for.
 
