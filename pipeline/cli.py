@@ -103,7 +103,31 @@ def main() -> None:
     """
     from .memory import use_lean_arrow_pool
 
+    if click.get_current_context().invoked_subcommand == "run":
+        _prefetch(_RUN_PREFETCH)
     use_lean_arrow_pool()  # process-wide, so the command does it, never the library
+
+
+#: What ``docpipe run`` imports in a thread while the main thread imports pyarrow and reads
+#: the options (issue 10, first request from spawn): aiohttp's import loads the CA bundle twice
+#: (its two default SSL contexts, ~80 ms of OpenSSL that runs without the GIL), so on a second
+#: core it costs the first request little. The main thread imports the same modules when it
+#: needs them (waiting for this thread if it is still at it), so a failure here changes nothing.
+_RUN_PREFETCH = ("aiohttp",)
+
+
+def _prefetch(names: tuple[str, ...]) -> None:
+    import threading
+
+    threading.Thread(target=_import_all, args=(names,), name="docpipe-prefetch", daemon=True).start()
+
+
+def _import_all(names: tuple[str, ...]) -> None:
+    import importlib
+
+    for name in names:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
 
 
 # ----------------------------------------------------------------------------- run

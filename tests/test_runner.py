@@ -219,6 +219,27 @@ except SystemExit as e:
     assert report.startswith(f"40 rows in {out}: 39 ok, 1 failed") and "attempts per row: 1 -> " in report
 
 
+def test_importing_the_package_and_the_cli_leaves_the_run_engine_for_later() -> None:
+    # `import pipeline` names run, load_config and the errors without importing them (PEP 562), so
+    # `docpipe summary` or `--help` never load aiohttp and `docpipe run` can import aiohttp in a
+    # thread while its main thread imports pyarrow (issue 10)
+    engine = ["aiohttp", "pyarrow", "numpy", "pipeline.runner", "pipeline.client"]
+    code = f"""
+import json, sys
+import pipeline, pipeline.cli
+before = [m for m in {engine!r} if m in sys.modules]
+from pipeline import DocpipeError, JobConfig, RunSummary, UsageError, load_config, run, run_async
+missing = sorted(set(pipeline.__all__) - set(dir(pipeline)))
+print(json.dumps([before, run.__module__, issubclass(UsageError, DocpipeError), missing]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [[], "pipeline.runner", True, []]
+    r = subprocess.run([sys.executable, "-c", "import pipeline; pipeline.nothing"], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 1 and "AttributeError: module 'pipeline' has no attribute 'nothing'" in r.stderr
+
+
 def test_importing_the_cli_and_runner_leaves_the_heavy_modules_for_later() -> None:
     # the first request waits for these imports (issue 10: first request <= 0.45 s after start);
     # each of these costs 0.05-0.7 s and is needed only at the end of a run or by other commands
