@@ -6,7 +6,10 @@ Three processes, so that each figure belongs to one of them:
 - the simulator (``docpipe simulate``) in its own process: it must not share the
   client's core or event loop, or the client would be charged for serving;
 - the client, a plain ``docpipe run`` subprocess: what a user runs, imports and
-  all. A bare launcher process between (see ``_LAUNCHER``) takes its rusage with
+  all, and as a user runs it: without ``--quiet``, so its figures include the
+  report it prints at its end (stdout to a file, progress lines to stderr, as in
+  a cron job's log; issue 10: ``--quiet`` had hidden a pandas import there). A
+  bare launcher process between (see ``_LAUNCHER``) takes its rusage with
   ``os.wait4`` (CPU, peak RSS: its own, nobody else's, and not this process's resident
   set, which Linux would otherwise carry into a child's ``ru_maxrss``);
 - this process, which only writes the manifest, waits and reads stats.
@@ -365,12 +368,14 @@ class ClientExit:
 
 def run_client(cmd: list[str], stderr: Path, env: dict[str, str] | None = None) -> ClientExit:
     """Run ``cmd`` (its first item an interpreter path) to the end through the launcher
-    (``env``: the client's environment; None: this process's)."""
+    (``env``: the client's environment; None: this process's). Its stdout goes to a file
+    beside ``stderr`` (``.out``), as a cron job's or a ``| tee`` would: what it prints is
+    written, not thrown away."""
     readings = stderr.with_suffix(".exit")
     readings.unlink(missing_ok=True)
-    with open(stderr, "wb") as err:
+    with open(stderr, "wb") as err, open(stderr.with_suffix(".out"), "wb") as out:
         code = subprocess.call([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(readings), *cmd],
-                               stdout=subprocess.DEVNULL, stderr=err, env=env)  # fmt: skip
+                               stdout=out, stderr=err, env=env)  # fmt: skip
     try:
         exit_code, t0, t1, cpu, maxrss = readings.read_text().split()
     except (OSError, ValueError) as exc:
@@ -497,7 +502,7 @@ def _drive(spec: RunSpec, work: Path, manifest: Path, out: Path, profile: Path |
         # the documents are the simulator's, so the client's HEADs (doc metadata) stay on this machine
         write_manifest(manifest, spec.rows, spec.row_group_rows, files=sim.root + "/files")
         run = ["-m", "pipeline.cli", "run", str(manifest), "--out", str(out), "--base-url", sim.url,
-               "--api-key", "bench", "--concurrency", str(spec.concurrency), "--quiet"]  # fmt: skip
+               "--api-key", "bench", "--concurrency", str(spec.concurrency)]  # fmt: skip
         if not spec.doc_meta:
             run.append("--no-doc-meta")
         if spec.fixed_concurrency:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .digest import SummaryReport
 
 
 class Status(StrEnum):
@@ -187,6 +190,10 @@ class RunSummary:
     #: rows whose answer was copied forward from an earlier run (--reuse), and what they had cost
     reused: int = 0
     cost_saved_usd: float | None = None
+    #: ``docpipe summary``'s figures of ``out`` after the run, as the HTML report computed them
+    #: (what ``docpipe run`` prints, without reading the rows again); None when no report was
+    #: made. Not part of ``_run.json``.
+    digest: SummaryReport | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

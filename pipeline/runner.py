@@ -28,8 +28,9 @@ import signal
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .arrowutil import string_scalar
 from .budget import BudgetGuard, check_before_start, estimate_rows
@@ -53,6 +54,9 @@ from .runrecord import Counts, RunRecord, results_counts
 from .sender import RowSender
 from .storage import REPORT_FILE, atomic_write_bytes
 from .structured.ask import Asker, asker_for
+
+if TYPE_CHECKING:
+    from .digest import SummaryReport
 
 log = logging.getLogger("docpipe")
 COMPACTED_MARK = ".compacted.json"
@@ -182,7 +186,7 @@ class Run:
         self.record.mark("finished_s")
         self._write_info(summary)
         if not (self._keep_report and (self.run_dir.path / REPORT_FILE).exists()):
-            _write_report(self.run_dir)
+            summary = replace(summary, digest=_write_report(self.run_dir))
         return summary
 
     async def _compact(self, manifest: Manifest) -> str | None:
@@ -359,20 +363,22 @@ def _crash_code(e: BaseException) -> ExitCode:
     return ExitCode.INTERNAL
 
 
-def _write_report(run_dir: RunDir) -> None:
+def _write_report(run_dir: RunDir) -> SummaryReport | None:
     """OUT/_report.html after every run that got this far (also an aborted one; not a run that
     found every row answered already and sent nothing: the report of the run that answered
     them stays, with its timeline, and a million-row resume does not spend 2-4 s redrawing it), whatever
     its size: the report reads the folder in batches into fixed-size aggregates (about
     10 MB more at 1 000 000 rows than at 10 000). A convenience, so a failure to draw it
-    never changes the run's outcome."""
+    never changes the run's outcome. Returns ``docpipe summary``'s figures of the folder, which
+    the report computed on the way (None when it failed)."""
     try:
-        from .htmlreport import write_report
+        from .htmlreport import write_report_data
 
-        write_report(run_dir.path)
+        return write_report_data(run_dir.path).summary
     except Exception as e:
         log.warning("could not write %s/_report.html: %s", run_dir.path, e)
         log.debug("report failure", exc_info=True)
+        return None
 
 
 def _fingerprint(run_dir: RunDir, cfg: JobConfig, manifest: Manifest) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -247,7 +247,7 @@ class RunRecord:
         """``_run.json``'s content: the summary, timings, this run's figures and the settings (no key)."""
         t = self.this_run
         return {
-            **asdict(summary),
+            **{k: v for k, v in asdict(replace(summary, digest=None)).items() if k != "digest"},
             "started_at": self.started_at.isoformat(),
             "ended_at": datetime.now(UTC).isoformat(),
             "manifest": self.cfg.manifest,

@@ -6,30 +6,21 @@ results file itself, and returns a frozen record (:class:`SummaryReport`,
 :class:`DiffReport`, :class:`MergeReport`) whose ``to_dict()`` is what ``--json``
 prints; ``format_*`` turn the same records into text.
 
-Decisions:
+``summarize`` and its records live in :mod:`pipeline.digest` and
+:mod:`pipeline.htmlreport.tally` (pandas-free, shared with the report every run
+prints and ``OUT/_report.html``), re-exported here. Decisions of ``diff`` and ``merge``:
 
-- Latency percentiles are over every row with a ``latency_ms`` (ok and failed
-  rows that reached the gateway), linear interpolation as ``pandas.quantile``;
-  the slowest rows are chosen among those rows only.
-- Any figure may be missing (a row that never reached the gateway has no latency,
-  tokens or HTTP status; an older or half-written folder lacks columns): records
-  hold ``None`` for it, never NaN, and the text says ``n/a``.
-- Throughput is the rows the latest run produced (``run_id`` of ``_run.json``)
-  divided by its ``elapsed_s``; over several folders (shards run side by side)
-  it is their rows over the wall-clock span from the first start to the last end.
 - ``diff`` pairs rows by ``request_id``; when the two runs used different models
   or prompts and the manifest has no ``id`` column, the hashed ids differ, so
   pair by ``file_url`` and ``question`` instead (``key="content"``).
 - ``merge`` keeps the latest outcome (``completed_at``, then the later folder)
   per ``request_id`` and streams: memory holds ids, not the tables.
 
-This module imports pandas; the run path must not import it (only the CLI's
-closing report does, after the run).
+This module imports pandas; the run path must not import it, nor the report a run prints.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,9 +35,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .agreement import QuestionAgreement, agreement, format_agreement
+from .digest import (
+    AnswerField,
+    FailedRow,
+    LatencyStats,
+    RunRef,
+    SlowRow,
+    Source,
+    SummaryReport,
+    Throughput,
+    TokenTotals,
+    format_summary_report,
+    locate,
+    run_refs,
+)
 from .errors import UsageError
-from .records import Ended, Status
-from .report import JsonRecord, dumps, finite_float
+from .htmlreport.tally import summarize
+from .records import Status
+from .report import JsonRecord, dumps
 from .rundir import RunDir
 from .schema import pandas_metadata
 from .storage import JOURNAL_DIR, RESULTS_FILE, atomic_write_table
@@ -63,137 +69,14 @@ DiffKey = Literal["request_id", "content"]
 
 TOP = 10
 _STATUSES = [s.value for s in Status]
-_ENDINGS = {e.value for e in Ended}
-_SUMMARY_COLUMNS = ["request_id", "file_url", "status", "error_type", "error_message", "http_status",
-                    "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms",
-                    "attempts", "run_id", "reused_from"]  # fmt: skip
 _DIFF_COLUMNS = ["request_id", "file_url", "question", "answer", "status", "prompt_tokens",
                  "completion_tokens", "total_tokens", "cost_usd", "model"]  # fmt: skip
 _DIFF_KEYS: dict[str, list[str]] = {"request_id": ["request_id"], "content": ["file_url", "question"]}
-_INT_COLUMNS = {"prompt_tokens", "completion_tokens", "total_tokens", "http_status", "attempts"}
-_FLOAT_COLUMNS = {"cost_usd", "latency_ms"}
+_INT_COLUMNS = {"prompt_tokens", "completion_tokens", "total_tokens"}
+_FLOAT_COLUMNS = {"cost_usd"}
 _TOKEN_KINDS = ("prompt", "completion", "total")
 
 # -------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class RunRef(JsonRecord):
-    """One run behind a folder, as its ``_run.json`` (or a merge's list of runs) says."""
-
-    run_id: str | None
-    started_at: str | None
-    ended_at: str | None
-    elapsed_s: float | None
-    ended: Ended | None
-    out: str | None
-
-    @classmethod
-    def from_info(cls, info: Mapping[str, Any]) -> RunRef:
-        """Read one run from ``_run.json``; a value of the wrong kind reads as missing."""
-        ended = info.get("ended")
-        return cls(
-            run_id=_opt_str(info.get("run_id")),
-            started_at=_opt_str(info.get("started_at")),
-            ended_at=_opt_str(info.get("ended_at")),
-            elapsed_s=finite_float(info.get("elapsed_s")),
-            ended=Ended(ended) if ended in _ENDINGS else None,
-            out=_opt_str(info.get("out")),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Source(JsonRecord):
-    """One folder a summary read."""
-
-    path: str
-    rows: int
-    run_ids: tuple[str | None, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TokenTotals(JsonRecord):
-    """Token sums; rows without usage count as 0."""
-
-    prompt: int
-    completion: int
-    total: int
-
-
-@dataclass(frozen=True, slots=True)
-class LatencyStats(JsonRecord):
-    """``latency_ms`` percentiles over the ``rows`` that have one (None when none has)."""
-
-    rows: int
-    p50: float | None
-    p95: float | None
-    p99: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Throughput(JsonRecord):
-    """Rows the latest run(s) produced over their wall-clock time."""
-
-    rows: int
-    elapsed_s: float
-    rows_per_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class SlowRow(JsonRecord):
-    """One of the slowest rows (only rows with a latency qualify)."""
-
-    request_id: str
-    file_url: str | None
-    latency_ms: float
-    attempts: int | None
-    status: Status
-
-
-@dataclass(frozen=True, slots=True)
-class FailedRow(JsonRecord):
-    """One failed row: what failed and why."""
-
-    request_id: str
-    file_url: str | None
-    error_type: str | None
-    http_status: int | None
-    error_message: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerField(JsonRecord):
-    """One structured-answer column (issue 11): how often it is null, and for enums and
-    booleans what it holds."""
-
-    column: str
-    rows: int
-    nulls: int
-    null_share: float
-    values: Mapping[str, int] | None  # enums and booleans: value -> rows, most common first; else None
-
-
-@dataclass(frozen=True, slots=True)
-class SummaryReport(JsonRecord):
-    """What :func:`summarize` found; ``to_dict()`` is ``docpipe summary --json``."""
-
-    sources: tuple[Source, ...]
-    rows: int
-    status: Mapping[Status, int]  # rows per status, most common first
-    error_types: Mapping[str, int]  # failed rows per error_type, most common first
-    tokens: TokenTotals
-    cost_usd: float | None  # None: no row has a cost (the job had no prices)
-    latency_ms: LatencyStats
-    throughput: Throughput | None  # None: the runs' times are unknown
-    attempts: Mapping[int, int]  # attempts -> rows, ascending
-    slowest: tuple[SlowRow, ...]  # at most TOP
-    failed_rows: int
-    failed: tuple[FailedRow, ...]  # the first TOP in file order
-    fields: tuple[AnswerField, ...] = ()  # structured-answer columns, when the job had a schema
-    #: rows copied forward from an earlier run (--reuse), not in ``tokens`` and ``cost_usd``,
-    #: and what they had cost when they were asked (None: no prices)
-    reused: int = 0
-    cost_saved_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,13 +181,6 @@ class MergeInfo(JsonRecord):
 # them into plain Python or None, so no record ever holds NaN.
 
 
-def _opt_int(v: Any) -> int | None:
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return int(v)
-    f = finite_float(v)
-    return None if f is None else round(f)
-
-
 def _opt_str(v: Any) -> str | None:
     if isinstance(v, str):
         return v
@@ -313,48 +189,17 @@ def _opt_str(v: Any) -> str | None:
     return str(v)
 
 
-def _row_status(v: Any) -> Status:
-    # _conform_frame refused anything else already
-    return Status.OK if v == Status.OK else Status.FAILED
-
-
 def _counts(s: pd.Series) -> dict[str, int]:
     """Non-null values -> rows, most common first."""
     return {str(k): int(n) for k, n in s.dropna().value_counts().items()}
 
 
-def _time(text: str | None) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text).astimezone() if text else None
-    except ValueError:
-        return None
-
-
-def _na(x: float | None, spec: str = ".0f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 # -------------------------------------------------------------------------- reading
 
 
-def _locate(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """(run folder, results file) for a folder or a results file."""
-    p = Path(path)
-    if p.is_dir():
-        return p, p / RESULTS_FILE
-    if p.suffix == ".parquet":
-        return p.parent, p
-    raise UsageError(f"{p}: not an output folder or a results .parquet file")
-
-
-def _read(path: str | os.PathLike[str], columns: list[str], *, journal_ok: bool = False) -> pd.DataFrame:
-    folder, results = _locate(path)
+def _read(path: str | os.PathLike[str], columns: list[str]) -> pd.DataFrame:
+    folder, results = locate(path)
     if not results.exists():
-        if journal_ok and (folder / JOURNAL_DIR).is_dir() and RunDir(folder).parts():
-            # a run still going (or killed): its journal holds the outcomes so far
-            table = RunDir(folder).latest()
-            frame = table.select([c for c in columns if c in table.column_names]).to_pandas()
-            return _conform_frame(frame, columns, folder / JOURNAL_DIR)
         raise UsageError(f"{results}: not found; is {folder} a docpipe output folder?")
     try:
         present = set(pq.read_schema(results).names)
@@ -383,183 +228,6 @@ def _conform_frame(df: pd.DataFrame, columns: list[str], source: Path) -> pd.Dat
         raise UsageError(f"{source}: column 'status' holds {_opt_str(bad.iloc[0])!r} (row {bad.index[0]}); "
                          "expected 'ok' or 'failed': is it a docpipe results file?")  # fmt: skip
     return frame
-
-
-def _run_refs(path: str | os.PathLike[str]) -> list[RunRef]:
-    """The runs behind a folder: its _run.json, or the sources a merge recorded."""
-    folder, _ = _locate(path)
-    info = RunDir(folder).read_run_info()
-    if not isinstance(info, dict):
-        return []
-    runs = info.get("runs")
-    if isinstance(runs, list):
-        return [RunRef.from_info(r) for r in runs if isinstance(r, dict)]
-    return [RunRef.from_info(info)]
-
-
-# -------------------------------------------------------------------------- summary
-
-
-def summarize(paths: Sequence[str | os.PathLike[str]]) -> SummaryReport:
-    """Counts, tokens, cost, latency percentiles, throughput, attempts, slowest and
-    failed rows over one or more output folders (summed, as for shards)."""
-    if not paths:
-        raise UsageError("summary needs at least one output folder")
-    frames, sources, runs = [], [], []
-    for p in paths:
-        df = _read(p, _SUMMARY_COLUMNS, journal_ok=True)
-        refs = _run_refs(p)
-        frames.append(df)
-        runs += refs
-        sources.append(Source(path=str(p), rows=len(df), run_ids=tuple(r.run_id for r in refs)))
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    failed = df[df["status"] != "ok"]
-    copied = df["reused_from"].notna()
-    paid = df[~copied]  # what tonight spent: copied-forward rows were paid by an earlier run
-    cost, saved = paid["cost_usd"], df.loc[copied, "cost_usd"]
-    return SummaryReport(
-        sources=tuple(sources),
-        rows=len(df),
-        status={_row_status(k): n for k, n in _counts(df["status"]).items()},
-        error_types=_counts(df["error_type"]),
-        tokens=TokenTotals(*(int(paid[f"{k}_tokens"].sum()) for k in _TOKEN_KINDS)),
-        cost_usd=float(cost.sum()) if cost.notna().any() else None,
-        reused=int(copied.sum()),
-        cost_saved_usd=float(saved.sum()) if saved.notna().any() else None,
-        latency_ms=_latency(df["latency_ms"]),
-        throughput=_throughput(df, runs),
-        attempts=dict(sorted((int(k), n) for k, n in _counts(df["attempts"]).items())),
-        slowest=_slowest(df),
-        failed_rows=len(failed),
-        failed=tuple(_failed_row(r) for r in failed.head(TOP).to_dict("records")),
-        fields=_answer_fields(paths),
-    )
-
-
-def _answer_fields(paths: Sequence[str | os.PathLike[str]]) -> tuple[AnswerField, ...]:
-    """Null shares (and enum/boolean value counts) of the structured-answer columns, summed
-    over the folders whose results.parquet carries an answer schema in its metadata."""
-    from .structured import METADATA_KEY, compile_spec
-
-    nulls: dict[str, list[int]] = {}  # column -> [rows, nulls]
-    values: dict[str, dict[str, int] | None] = {}
-    for p in paths:
-        results = _locate(p)[1]
-        schema = pq.read_schema(results) if results.exists() else None
-        raw = (schema.metadata or {}).get(METADATA_KEY) if schema is not None else None
-        if schema is None or raw is None:
-            continue
-        spec = compile_spec(json.loads(raw))
-        props = spec.schema.get("properties", {})
-        # compaction appends the answer columns last (renamed answer_<name> where a name was taken)
-        names = schema.names[len(schema.names) - len(spec.columns) :]
-        table = pq.read_table(results, columns=names)
-        for c, name in zip(spec.columns, names, strict=True):
-            col = table[name]
-            counts = nulls.setdefault(name, [0, 0])
-            counts[0] += len(col)
-            counts[1] += col.null_count
-            if "enum" in props.get(c.prop, {}) or pa.types.is_boolean(c.type):
-                seen = values.get(name) or {}
-                for v, n in zip(*_value_counts(col), strict=True):
-                    seen[v] = seen.get(v, 0) + n
-                values[name] = seen
-            else:
-                values.setdefault(name, None)
-    return tuple(_answer_field(name, rows, n, values[name]) for name, (rows, n) in nulls.items())
-
-
-def _answer_field(name: str, rows: int, nulls: int, values: dict[str, int] | None) -> AnswerField:
-    ordered = None if values is None else dict(sorted(values.items(), key=lambda kv: -kv[1]))
-    return AnswerField(column=name, rows=rows, nulls=nulls, null_share=nulls / rows if rows else 0.0, values=ordered)
-
-
-def _value_counts(col: pa.ChunkedArray[Any]) -> tuple[list[str], list[int]]:
-    import pyarrow.compute as pc
-
-    counted = pc.value_counts(col.drop_null())
-    keys = [str(v).lower() if isinstance(v, bool) else str(v) for v in counted.field("values").to_pylist()]
-    return keys, [int(n or 0) for n in counted.field("counts").to_pylist()]
-
-
-def _latency(s: pd.Series) -> LatencyStats:
-    lat = s.dropna()
-    if not len(lat):
-        return LatencyStats(rows=0, p50=None, p95=None, p99=None)
-    p50, p95, p99 = (finite_float(lat.quantile(q)) for q in (0.50, 0.95, 0.99))
-    return LatencyStats(rows=len(lat), p50=p50, p95=p95, p99=p99)
-
-
-def _slowest(df: pd.DataFrame) -> tuple[SlowRow, ...]:
-    # only rows with a latency: nlargest would fill up with NaN rows (issue 16, defect 1)
-    timed = df[df["latency_ms"].notna()].nlargest(TOP, "latency_ms")
-    return tuple(
-        SlowRow(request_id=str(r["request_id"]), file_url=_opt_str(r["file_url"]),
-                latency_ms=float(r["latency_ms"]), attempts=_opt_int(r["attempts"]), status=_row_status(r["status"]))
-        for r in timed.to_dict("records")
-    )  # fmt: skip
-
-
-def _failed_row(r: Mapping[Any, Any]) -> FailedRow:
-    return FailedRow(request_id=str(r["request_id"]), file_url=_opt_str(r["file_url"]),
-                     error_type=_opt_str(r["error_type"]), http_status=_opt_int(r["http_status"]),
-                     error_message=_opt_str(r["error_message"]))  # fmt: skip
-
-
-def _throughput(df: pd.DataFrame, runs: list[RunRef]) -> Throughput | None:
-    ids = {r.run_id for r in runs}
-    if not runs or None in ids:
-        return None
-    if len(runs) == 1:
-        elapsed = runs[0].elapsed_s
-    else:
-        starts = [t for r in runs if (t := _time(r.started_at))]
-        ends = [t for r in runs if (t := _time(r.ended_at))]
-        if len(starts) < len(runs) or len(ends) < len(runs):
-            return None
-        elapsed = (max(ends) - min(starts)).total_seconds()
-    if not elapsed or elapsed <= 0:
-        return None
-    rows = int(df["run_id"].isin(ids).sum())
-    return Throughput(rows=rows, elapsed_s=elapsed, rows_per_s=rows / elapsed)
-
-
-def format_summary_report(r: SummaryReport) -> str:
-    """The summary as a few readable lines (what ``docpipe summary`` prints)."""
-    where = ", ".join(s.path for s in r.sources)
-    status = ", ".join(f"{n} {k}" for k, n in sorted(r.status.items(), key=lambda kv: kv[0] != "ok"))
-    lines = [f"{r.rows} rows in {where}: {status or 'none'}"]
-    if r.error_types:
-        lines.append("errors: " + ", ".join(f"{k} {n}" for k, n in sorted(r.error_types.items())))
-    t = r.tokens
-    cost = f"; cost ${r.cost_usd:.4f}" if r.cost_usd is not None else ""
-    lines.append(f"tokens: {t.prompt} prompt + {t.completion} completion = {t.total}{cost}")
-    if r.reused:
-        saved = f", saving ${r.cost_saved_usd:.4f}" if r.cost_saved_usd is not None else ""
-        lines.append(f"reused: {r.reused} rows copied forward from earlier runs (not in the tokens above){saved}")
-    lat = r.latency_ms
-    if lat.rows:
-        lines.append(f"latency: p50 {_na(lat.p50)} ms, p95 {_na(lat.p95)} ms, p99 {_na(lat.p99)} ms "
-                     f"({lat.rows} rows)")  # fmt: skip
-    if (tp := r.throughput) is not None:
-        lines.append(f"throughput: {tp.rows} rows in {tp.elapsed_s:.1f} s = {tp.rows_per_s:.2f} rows/s")
-    lines.append("attempts per row: " + ", ".join(f"{k} -> {n} rows" for k, n in r.attempts.items()))
-    if r.slowest:
-        lines.append("slowest (ms, request_id, status, attempts, file_url):")
-        w = max(len(s.request_id) for s in r.slowest)
-        lines += [f"  {_na(s.latency_ms):>9}  {s.request_id:<{w}}  {s.status:<6}  {_na(s.attempts, 'd'):>2}  "
-                  f"{s.file_url or ''}" for s in r.slowest]  # fmt: skip
-    if r.fields:
-        lines.append("answer fields (nulls; values of enums and booleans):")
-        for f in r.fields:
-            counted = "" if f.values is None else "  " + ", ".join(f"{k} {n}" for k, n in f.values.items())
-            lines.append(f"  {f.column}: {f.nulls}/{f.rows} null ({f.null_share:.0%}){counted}")
-    if r.failed:
-        lines.append(f"failed ({len(r.failed)} of {r.failed_rows}):")
-        lines += [f"  {f.request_id}  {f.error_type or 'unknown'}"
-                  + (f" HTTP {f.http_status}" if f.http_status is not None else "")
-                  + f"  {f.error_message or ''}" for f in r.failed]  # fmt: skip
-    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------- diff
@@ -699,7 +367,7 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) 
     request_id (its latest outcome), and record the source runs in ``out/_run.json``."""
     if len(paths) < 1:
         raise UsageError("merge needs at least one output folder")
-    files = [_locate(p)[1] for p in paths]
+    files = [locate(p)[1] for p in paths]
     for f in files:
         if not f.exists():
             raise UsageError(f"{f}: not found; is {f.parent} a docpipe output folder?")
@@ -720,7 +388,7 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) 
     dropped = sum(len(k) for k in keep) - rows
     info = MergeInfo(kind="merge", merged_from=tuple(str(p) for p in paths), rows=rows, duplicates_dropped=dropped,
                      written_at=datetime.now().astimezone().isoformat(),
-                     runs=tuple(r for p in paths for r in _run_refs(p)))  # fmt: skip
+                     runs=tuple(r for p in paths for r in run_refs(p)))  # fmt: skip
     RunDir(target).write_run_info(info.to_dict())
     sources = tuple(MergeSource(path=str(p), rows=len(k)) for p, k in zip(paths, keep, strict=True))
     return MergeReport(out=str(target / RESULTS_FILE), rows=rows, duplicates_dropped=dropped, sources=sources)

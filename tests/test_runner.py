@@ -16,7 +16,7 @@ import pytest
 from pipeline import run, run_async
 from pipeline.report import format_summary
 
-from .conftest import ROOT, TEST_KEY, fast_config, make_rows, write_csv
+from .conftest import ROOT, TEST_KEY, cli, fast_config, make_rows, write_csv
 
 _LIBRARY_CHECK = """
 import asyncio, os, sys
@@ -182,6 +182,62 @@ except SystemExit as e:
     assert [m for m in NOT_BEFORE_FIRST_REQUEST if m in before] == []
     # the end of the run got them (imported early in a thread, or at the end)
     assert {"pipeline.compaction", "pipeline.htmlreport"} <= set(at_exit)
+
+
+def test_a_cli_run_prints_its_report_without_pandas(tmp_path: Path, sim) -> None:
+    # `docpipe run` as users run it (no --quiet, stdout a pipe): the report it prints at its end is
+    # `docpipe summary OUT`'s, line for line, and pandas (+45 MB, 0.35 s) is never imported for it
+    server = sim(latency_s=0.01, fault_rate=0.3, fault_kinds=("500", "429"), retry_after_s=None)
+    rows = make_rows(40)
+    rows[3]["question"] = "[[sim:status=400]] rejected"
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    out = str(tmp_path / "out")
+    job = tmp_path / "job.toml"
+    job.write_text("[retry]\nbackoff_initial = 0\nbackoff_max = 0\n")  # retries without sleeping
+    args = ["run", str(manifest), "--job", str(job), "--out", out, "--base-url", server.url, "--api-key", TEST_KEY,
+            "--no-doc-meta"]  # fmt: skip
+    code = f"""
+import json, sys
+from pipeline.cli import main
+try:
+    main({args!r})
+except SystemExit as e:
+    print(json.dumps([e.code, sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'pipeline'))]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    *printed, last = r.stdout.strip().splitlines()
+    exit_code, modules = json.loads(last)
+    assert exit_code == 1  # one row rejected
+    assert [m for m in modules if m.split(".")[0] == "pandas"] == []
+    assert "pipeline.summary" not in modules and "pipeline.htmlreport.tally" in modules
+    run_part, report = "\n".join(printed).split("\n\n")
+    assert run_part.splitlines()[1].startswith("rows: 40 total, 39 ok, 1 failed, 0 pending (40 answered this run")
+    summary = cli("summary", out)
+    assert summary.returncode == 0, summary.stderr
+    assert report == summary.stdout.strip()
+    assert report.startswith(f"40 rows in {out}: 39 ok, 1 failed") and "attempts per row: 1 -> " in report
+
+
+def test_importing_the_package_and_the_cli_leaves_the_run_engine_for_later() -> None:
+    # `import pipeline` names run, load_config and the errors without importing them (PEP 562), so
+    # `docpipe summary` or `--help` never load aiohttp and `docpipe run` can import aiohttp in a
+    # thread while its main thread imports pyarrow (issue 10)
+    engine = ["aiohttp", "pyarrow", "numpy", "pipeline.runner", "pipeline.client"]
+    code = f"""
+import json, sys
+import pipeline, pipeline.cli
+before = [m for m in {engine!r} if m in sys.modules]
+from pipeline import DocpipeError, JobConfig, RunSummary, UsageError, load_config, run, run_async
+missing = sorted(set(pipeline.__all__) - set(dir(pipeline)))
+print(json.dumps([before, run.__module__, issubclass(UsageError, DocpipeError), missing]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [[], "pipeline.runner", True, []]
+    r = subprocess.run([sys.executable, "-c", "import pipeline; pipeline.nothing"], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 1 and "AttributeError: module 'pipeline' has no attribute 'nothing'" in r.stderr
 
 
 def test_importing_the_cli_and_runner_leaves_the_heavy_modules_for_later() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..digest import SummaryReport, refs_of
 from ..errors import UsageError
 from ..rundir import RunDir
 from ..storage import JOURNAL_DIR, RESULTS_FILE
@@ -24,6 +25,7 @@ from . import figures, rows, timeline
 from .figures import Group, Histogram, Verdict
 from .rows import ErrorType
 from .scan import DICTIONARY, Scan
+from .tally import Tally, answer_fields
 from .timeline import TimeCharts
 
 DEFAULT_BY = "model"
@@ -49,6 +51,7 @@ class ReportData:
     groups: tuple[Group, ...]
     slowest: tuple[dict[str, Any], ...]
     failed: tuple[dict[str, Any], ...]
+    summary: SummaryReport  # docpipe summary's figures of the folder, the verdict's source
 
 
 def open_folder(out_dir: Path, by: str | None) -> tuple[Scan, dict[str, Any]]:
@@ -84,16 +87,18 @@ def build(out_dir: Path, by: str | None = None) -> ReportData:
 
 
 def _build(scan: Scan, info: dict[str, Any], folder: str, by: str) -> ReportData:
-    totals, picks, groups = figures.Totals(info), rows.Picks(), figures.Groups(by)
+    tally, picks, groups = Tally(), rows.Picks(), figures.Groups(by)
+    tally.start(scan, folder, refs_of(info))
     span = timeline.Span(info.get("run_id"))
-    first = [*totals.COLUMNS, *picks.COLUMNS, *span.COLUMNS, by]
-    for offset, batch in scan.batches(first, DICTIONARY | {by}):
-        totals.add(batch)
+    first = [*tally.COLUMNS, *picks.COLUMNS, *span.COLUMNS, by]
+    for offset, batch in scan.batches(first, DICTIONARY | {by, "reused_from"}):
+        tally.add(offset, batch)
         picks.add(offset, batch)
         groups.add(batch)
         span.add(batch)
-    verdict = figures.verdict(totals, info, scan)  # exact percentiles: passes over latency_ms alone
-    hist_range = figures.latency_range(totals, verdict.p99)
+    summary = tally.report(answer_fields([folder]))  # exact percentiles: passes over latency_ms alone
+    verdict = figures.verdict(summary, info)
+    hist_range = figures.latency_range(tally, verdict.p99)
     hist = figures.LatencyBins(*hist_range) if hist_range else None
     bins = timeline.time_bins(span, info)
     if hist is not None or bins is not None:
@@ -111,10 +116,11 @@ def _build(scan: Scan, info: dict[str, Any], folder: str, by: str) -> ReportData
         verdict=verdict,
         time=bins.result() if bins is not None else timeline.EMPTY,
         latency=hist.result() if hist is not None else None,
-        attempts=dict(sorted(totals.attempts.items())),
+        attempts=dict(summary.attempts),
         errors=rows.error_types(picks, info.get("attempt_errors") or {}, scan),
         by=by,
         groups=groups.result(),
         slowest=rows.slowest(picks, scan),
         failed=rows.failed(picks, scan),
+        summary=summary,
     )

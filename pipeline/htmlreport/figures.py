@@ -1,27 +1,26 @@
-"""Aggregate figures: the verdict, the latency histogram, attempts, and groups of the ``--by`` column.
+"""Aggregate figures: the verdict, the latency histogram, and groups of the ``--by`` column.
 
-The verdict figures are those of ``docpipe summary --json`` (:mod:`pipeline.summary`):
-the same rows, statuses, token sums, cost, latency percentiles (numpy's linear
-interpolation, the one ``pandas.quantile`` uses, found exactly by :mod:`.quantiles`)
-and throughput. Every figure is folded batch by batch (:class:`Totals`,
-:class:`Groups`) so no column of every row is ever held.
+The verdict figures are those of ``docpipe summary --json``, computed by the same
+code (:class:`.tally.Tally`, fed from the page's first pass): the same rows,
+statuses, token sums, cost, latency percentiles and throughput. Every figure is
+folded batch by batch (the tally, :class:`Groups`) so no column of every row is held
+(but the tally's costs: see :mod:`.tally`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arrowutil import int_codes, strings
-from . import arrow, quantiles
-from .scan import Scan
+from ..arrowutil import int_codes
+from ..digest import SummaryReport
+from ..records import Status
+from . import arrow
+from .tally import Tally
 
 LATENCY_BINS = 40
 TOP_GROUPS = 15  # groups of --by shown; the rest are summed into one line
@@ -72,46 +71,6 @@ class Group:
     cost_usd: float | None
 
 
-class Totals:
-    """Counts and sums over every row, folded batch by batch: the verdict's figures but the
-    percentiles, the attempts per row, and the latency column's count and range."""
-
-    COLUMNS = ("status", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms",
-               "attempts", "run_id")  # fmt: skip
-
-    def __init__(self, info: dict[str, Any]) -> None:
-        self.runs = _runs(info)
-        self.ids = strings([str(r.get("run_id")) for r in self.runs])
-        self.rows = self.ok = self.in_runs = 0
-        self.tokens = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        self.cost = 0.0
-        self.has_cost = False
-        self.latency_rows = 0
-        self.latency_min = self.latency_max = float("nan")
-        self.attempts: Counter[int] = Counter()
-        self.run_column = False  # whether the rows say which run produced them
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        names = batch.schema.names
-        self.rows += batch.num_rows
-        self.ok += arrow.count_true(arrow.equal(batch["status"], "ok"))
-        for name in self.tokens:
-            self.tokens[name] += int(arrow.total(batch[name]) or 0) if name in names else 0
-        if "cost_usd" in names and batch["cost_usd"].null_count < batch.num_rows:
-            self.has_cost = True
-            self.cost += float(arrow.total(batch["cost_usd"]) or 0.0)
-        lat = latency_values(batch)
-        if len(lat):
-            self.latency_rows += len(lat)
-            self.latency_min = float(np.fmin(self.latency_min, lat.min()))
-            self.latency_max = float(np.fmax(self.latency_max, lat.max()))
-        if "attempts" in names:
-            self.attempts.update({int(k): n for k, n in arrow.value_counts(batch["attempts"]).items()})
-        if "run_id" in names:
-            self.run_column = True
-            self.in_runs += arrow.count_true(pc.is_in(batch["run_id"], value_set=self.ids)) if len(self.ids) else 0
-
-
 def latency_values(batch: pa.RecordBatch) -> np.ndarray[Any, np.dtype[np.float64]]:
     """latency_ms of the batch's rows that have one (nulls and NaN dropped, as pandas' dropna does)."""
     if "latency_ms" not in batch.schema.names:
@@ -121,69 +80,34 @@ def latency_values(batch: pa.RecordBatch) -> np.ndarray[Any, np.dtype[np.float64
     return kept
 
 
-def latency_passes(scan: Scan) -> Callable[[], Iterable[np.ndarray[Any, np.dtype[np.float64]]]]:
-    """Each call reads the latency column once more, batch by batch (for :func:`quantiles.select`)."""
-    return lambda: (latency_values(batch) for _, batch in scan.batches(["latency_ms"]))
-
-
-def verdict(t: Totals, info: dict[str, Any], scan: Scan) -> Verdict:
-    """The verdict line: the folded counts and sums, exact percentiles, the ending from _run.json."""
-    q: list[float | None] = [None] * 3
-    if t.latency_rows:
-        q = list(quantiles.percentiles([0.5, 0.95, 0.99], t.latency_rows, latency_passes(scan)))
-    tp = _throughput(t)
+def verdict(s: SummaryReport, info: dict[str, Any]) -> Verdict:
+    """The verdict line: ``docpipe summary``'s figures (:mod:`.tally`), the ending from _run.json."""
+    ok = s.status.get(Status.OK, 0)
+    tp = s.throughput
+    lat = s.latency_ms
     return Verdict(
-        rows=t.rows,
-        ok=t.ok,
-        failed=t.rows - t.ok,
+        rows=s.rows,
+        ok=ok,
+        failed=s.rows - ok,
         pending=info.get("pending"),
         ended=info.get("ended"),
         reason=info.get("reason"),
         exit_code=info.get("exit_code"),
         requests=info.get("requests"),
-        prompt_tokens=t.tokens["prompt_tokens"],
-        completion_tokens=t.tokens["completion_tokens"],
-        total_tokens=t.tokens["total_tokens"],
-        cost_usd=t.cost if t.has_cost else None,
-        elapsed_s=tp[0] if tp else info.get("elapsed_s"),
-        rows_per_s=tp[1] if tp else None,
-        latency_rows=t.latency_rows,
-        p50=q[0],
-        p95=q[1],
-        p99=q[2],
+        prompt_tokens=s.tokens.prompt,
+        completion_tokens=s.tokens.completion,
+        total_tokens=s.tokens.total,
+        cost_usd=s.cost_usd,
+        elapsed_s=tp.elapsed_s if tp else info.get("elapsed_s"),
+        rows_per_s=tp.rows_per_s if tp else None,
+        latency_rows=lat.rows,
+        p50=lat.p50,
+        p95=lat.p95,
+        p99=lat.p99,
     )
 
 
-def _runs(info: dict[str, Any]) -> list[dict[str, Any]]:
-    runs = info["runs"] if isinstance(info.get("runs"), list) else [info] if info else []
-    return [r for r in runs if isinstance(r, dict)]
-
-
-def _throughput(t: Totals) -> tuple[float, float] | None:
-    """(elapsed s, rows/s) as ``docpipe summary`` computes them: the runs' rows over their wall time."""
-    runs = t.runs
-    if not runs or any(r.get("run_id") is None for r in runs) or not t.run_column:
-        return None
-    if len(runs) == 1:
-        elapsed = runs[0].get("elapsed_s")
-    else:
-        starts, ends = [_time(r.get("started_at")) for r in runs], [_time(r.get("ended_at")) for r in runs]
-        if None in starts or None in ends:
-            return None
-        elapsed = (max(e for e in ends if e) - min(s for s in starts if s)).total_seconds()
-    if not elapsed or elapsed <= 0:
-        return None
-    return float(elapsed), t.in_runs / float(elapsed)
-
-
-def _time(text: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-
-
-def latency_range(t: Totals, p99: float | None) -> tuple[float, float] | None:
+def latency_range(t: Tally, p99: float | None) -> tuple[float, float] | None:
     """The latency histogram's range: 0 to a little past p99, so one 10-minute straggler
     does not squash the chart (None without latencies)."""
     if not t.latency_rows or p99 is None:
