@@ -340,6 +340,9 @@ def run(manifest: str | None, log_level: str, log_format: str, **opts: Any) -> N
 
     _setup_logging(log_level, log_format)
     cfg, quiet = build_config(manifest, opts)  # checks the key rule too (JobConfig.for_run)
+    from .memory import steady_collector
+
+    steady_collector()  # process-wide, so the command does it, never the library
     summary = run_job(cfg, install_signals=True)
     if not quiet:
         _print_summary(summary, summary.out)

@@ -1,0 +1,44 @@
+"""The process-wide knobs of pipeline/memory.py: the command sets them, the library never does."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline import run
+from pipeline.memory import RUN_GC_THRESHOLD
+
+from .conftest import ROOT, TEST_KEY, _child_env, fast_config, make_rows, write_csv
+
+# ``docpipe run`` in a child whose exit hook reports the collector's young threshold as the run left it
+# (not its freeze: the command also freezes just before exiting)
+_REPORT_COLLECTOR = (
+    "import atexit, gc, sys\n"
+    "atexit.register(lambda: print('collector', gc.get_threshold()[0]))\n"
+    "from pipeline.cli import main\n"
+    "sys.argv = ['docpipe', *sys.argv[1:]]\n"
+    "main()\n"
+)
+
+
+def test_docpipe_run_collects_young_objects_less_often(tmp_path: Path, sim) -> None:
+    server = sim(latency_s=0.0)
+    manifest = write_csv(tmp_path / "m.csv", make_rows(5))
+    args = [str(manifest), "--out", str(tmp_path / "out"), "--base-url", server.url, "--api-key", TEST_KEY,
+            "--no-doc-meta", "--quiet"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _REPORT_COLLECTOR, "run", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env=_child_env(None))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"collector {RUN_GC_THRESHOLD}" in done.stdout.splitlines()
+    assert server.stats()["requests"] == 5
+
+
+def test_library_run_leaves_the_collector_as_it_found_it(tmp_path: Path, sim) -> None:
+    server = sim(latency_s=0.0)
+    manifest = write_csv(tmp_path / "m.csv", make_rows(5))
+    before = (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled())
+    summary = run(fast_config(manifest, tmp_path / "out", server))
+    assert summary.ok == 5
+    assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
