@@ -81,14 +81,14 @@ class Estimate:
         )
 
 
-def estimate_rows(manifest: Any, skip: Any, cfg: JobConfig, index: Any = None, *, distinct: bool = True) -> Estimate:
+def estimate_rows(manifest: Any, skip: Any, cfg: JobConfig, index: Any = None) -> Estimate:
     """Estimate the rows of ``manifest`` not in ``skip`` (an IdIndex of request ids, or None)
     that will certainly be sent: a row repeating an earlier row's request_id rides on its
     answer (:mod:`pipeline.dedupe`), and a row with a reuse candidate in ``index`` (a
     :class:`pipeline.reuse.ReuseIndex`, ``--reuse``) may be copied forward, which only its
     HEAD tells: both are left out (counted in ``repeats`` and ``reusable``), so the figures
     stay a lower bound. A candidate whose document changed is asked, and the run's guard
-    charges it like any request. ``distinct=False``: count every row, repeats too (the Ray driver's stricter estimate).
+    charges it like any request. Both engines use this one rule: each sends a repeat once.
 
     Each row is priced at its own model's price (a manifest ``model`` column, ``[prices.<model>]``)."""
     import numpy as np
@@ -105,11 +105,8 @@ def estimate_rows(manifest: Any, skip: Any, cfg: JobConfig, index: Any = None, *
         _, first = np.unique(hashes, return_index=True)
         ask = np.zeros(len(valid), dtype=np.bool_)
         ask[first] = True
-        if distinct:
-            ask &= ~seen.contains(hashes)
-            seen.add(hashes[ask])
-        else:
-            ask[:] = True
+        ask &= ~seen.contains(hashes)
+        seen.add(hashes[ask])
         repeats += len(valid) - int(ask.sum())
         if index is not None and len(index):
             keys = np.fromiter((r.reuse_key or 0 for r in valid), dtype=np.int64, count=len(valid))

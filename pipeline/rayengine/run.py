@@ -95,12 +95,11 @@ class RayRun(Run):
         self.record.begin(manifest.num_rows if cfg.limit is None else min(cfg.limit, manifest.num_rows),
                           _prior_counts(prior, cfg.retry_failed))  # fmt: skip
         del prior, skip_prior
-        # every row counts, repeats and reuse candidates too: stricter than the asyncio engine, whose
-        # estimate leaves them out, although this driver now also sends a repeat once: one rule for both is to do
-        estimate = estimate_rows(manifest, skip, cfg, distinct=False) if BudgetGuard(cfg).active else None
+        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
+        # the asyncio engine's rule: repeats (this driver sends one of them) and reuse candidates left out
+        estimate = estimate_rows(manifest, skip, cfg, index) if BudgetGuard(cfg).active else None
         if estimate is not None and (why := check_before_start(estimate, cfg)):
             raise UsageError(f"{why}; nothing was sent")
-        index = await asyncio.to_thread(reuse_index, cfg) if cfg.reuse else None  # earlier answers (--reuse)
         self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self._errors.append(str(e))
         self._write_info(self.record.running())
