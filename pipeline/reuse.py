@@ -22,7 +22,7 @@ columns are tonight's, ``run_id`` is tonight's and ``reused_from`` the run that
 paid for it. Its tokens and cost are not spent tonight: ``_run.json`` counts them
 as ``reused`` and ``cost_saved_usd``.
 
-Memory: the index holds 6 numbers per earlier answer (~51 bytes), never the
+Memory: the index holds 4 int64 numbers per earlier answer (32 bytes; :class:`ReuseIndex`), never the
 answers; they are read back from the earlier journals in batches of
 :data:`BATCH` decisions, row group by row group, when written (:class:`ReuseSink`).
 """
