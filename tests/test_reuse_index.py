@@ -42,3 +42,27 @@ def test_isolated_reuse_night_reuses_every_row_and_reports_its_phases(tmp_path: 
     assert checks["night: rows reused"].value == 2000
     phases = {name.split(":")[0] for name in checks if "/" in name}
     assert phases == {"index/index", "night/run", "night/index", "night/compaction", "night/report"}
+
+
+def test_a_closed_gate_is_not_kept_alive_by_the_runs_heads() -> None:
+    """The runner keeps its DocHeads (their counts) through compaction; the HEADs' ``on_done``
+    held the gate, and with it the reuse index and the dedupe hashes, under compaction's peak."""
+    import asyncio
+    import gc
+    import weakref
+
+    from pipeline.control import StopControl
+    from pipeline.docmeta import DocHeads
+    from pipeline.incremental import Gate
+
+    async def main() -> tuple[DocHeads, weakref.ref[Gate]]:
+        heads = DocHeads(timeout=1.0, concurrency=4)
+        gate = Gate(record=lambda o: None, amend=lambda o: None, repeats=lambda s, n: None, stop=StopControl(),
+                    heads=heads, index=None)  # fmt: skip
+        assert heads.on_done is not None
+        await gate.close()
+        return heads, weakref.ref(gate)
+
+    heads, gate = asyncio.run(main())
+    gc.collect()
+    assert heads.on_done is None and gate() is None
