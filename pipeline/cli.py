@@ -735,8 +735,9 @@ def quota(as_json: bool, **opts: Any) -> None:
 @click.option("--scenario", "scenarios", multiple=True,
               type=click.Choice(["all", "little-100", "little-1000", "faults", "cpu", "memory", "resume",
                                  "compaction", "faults-unkind", "random-429", "capacity", "startup", "memory-10k",
-                                 "doc-meta", "ray", "report-1m", "reuse-1m", "structured-100k", "ray-s3"]),
-              help="Run a predefined target scenario (repeatable; 'all' for every one but ray-s3).")  # fmt: skip
+                                 "doc-meta", "ray", "report-1m", "reuse-1m", "structured-100k", "ray-s3",
+                                 "reuse-mem"]),
+              help="Run a predefined target scenario (repeatable; 'all': all but ray-s3, reuse-mem).")  # fmt: skip
 @click.option("--rows", type=click.IntRange(1), default=10000, show_default=True,
               help="Manifest rows (custom run, and the ray-s3 scenario).")  # fmt: skip
 @click.option("--rpm", type=click.IntRange(1), default=600, show_default=True,

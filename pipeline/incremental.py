@@ -183,10 +183,16 @@ class Gate:
 
     async def close(self) -> None:
         """After the pool: the HEADs still running answer (or time out) and amend their outcomes,
-        and reuse decisions not yet journaled (a stop cut the producer short) are journaled."""
+        and reuse decisions not yet journaled (a stop cut the producer short) are journaled.
+        Then the HEADs let go of this gate: the runner keeps ``heads`` (its counts) through
+        compaction, and its ``on_done`` held the gate, so the reuse index and the run's
+        dedupe hashes (~40 bytes an earlier answer and a row) stayed under compaction's peak."""
         if self.heads is not None:
             await self.heads.settle()
         await self._flush()
+        if self.heads is not None:
+            self.heads.on_done = None
+        self.sink = None
 
 
 async def reuse_known_rows(rows: list[Row], index: ReuseIndex, heads: DocHeads,

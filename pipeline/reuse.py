@@ -22,7 +22,7 @@ columns are tonight's, ``run_id`` is tonight's and ``reused_from`` the run that
 paid for it. Its tokens and cost are not spent tonight: ``_run.json`` counts them
 as ``reused`` and ``cost_saved_usd``.
 
-Memory: the index holds 6 numbers per earlier answer (~51 bytes), never the
+Memory: the index holds 4 int64 numbers per earlier answer (32 bytes; :class:`ReuseIndex`), never the
 answers; they are read back from the earlier journals in batches of
 :data:`BATCH` decisions, row group by row group, when written (:class:`ReuseSink`).
 """
@@ -33,7 +33,7 @@ import glob
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,10 @@ import pyarrow.parquet as pq
 
 from .arrowutil import numeric, string_scalar
 from .docmeta import DocMeta
-from .errors import UsageError
-from .journal import is_log, iter_files, iter_log, journal_files
+from .errors import StorageError, UsageError
+from .journal import is_log, iter_log, journal_files
 from .records import Outcome, Row, Status, copied_outcome
+from .schema import JOURNAL_SCHEMA
 from .storage import JOURNAL_DIR
 
 log = logging.getLogger("docpipe")
@@ -82,7 +83,12 @@ def source_folders(patterns: Sequence[str], out: str | None) -> list[Path]:
 
 
 class ReuseIndex:
-    """Per reuse_key, the newest ok answer of the earlier runs and the document it was asked under."""
+    """Per reuse_key, the newest ok answer of the earlier runs and the document it was asked under.
+
+    Four int64 columns, sorted by ``keys`` (32 bytes an earlier answer): ``keys``; ``etag``,
+    the hash of the strong ETag stored with the answer (0: none, or a weak one); ``stamp``,
+    a 64-bit mix of its Last-Modified and size (0: either missing); ``at``, where the answer
+    is (:func:`_at`: the folder's number and the record's position in its journal)."""
 
     def __init__(self, folders: Sequence[Path], *, max_age: float | None, now: float | None = None) -> None:
         self.sources: list[list[Path]] = []
@@ -99,19 +105,22 @@ class ReuseIndex:
         # (one folder's arrays are used as they are, columns are gathered one at a time)
         cols = parts.pop() if len(parts) == 1 else _concat(parts) if parts else _empty()
         del parts
-        # newest first within a key, then the first of each key
-        order = np.lexsort((-cols["completed"], cols["key"]))
+        # newest first within a key, then the first of each key ("completed" only chose
+        # the newest answer; --max-age was applied while scanning)
+        completed = cols.pop("completed")
+        np.negative(completed, out=completed)
+        order = np.lexsort((completed, cols["key"]))
+        del completed
         keys = cols["key"][order]
         first = np.ones(len(keys), dtype=np.bool_)
-        first[1:] = keys[1:] != keys[:-1]
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        del keys
         keep = order[first]
-        del order, keys, first
-        # "completed" only chose the newest answer; --max-age was applied while scanning
-        del cols["completed"]
+        del order, first
         for k in list(cols):
             cols[k] = cols[k][keep]
-        self.cols = cols
-        self.keys = self.cols["key"]
+        del keep
+        self.keys, self.etag, self.stamp, self.at = cols["key"], cols["etag"], cols["stamp"], cols["at"]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -127,12 +136,68 @@ class ReuseIndex:
         """The matching rule of the module docstring, for candidate ``c`` and tonight's metadata."""
         if meta is None:
             return False
-        cols = self.cols
-        if meta.strong_etag and cols["strong"][c]:
-            return bool(hash(meta.etag) == cols["etag"][c])
-        if meta.last_modified is None or meta.size is None or cols["size"][c] < 0 or cols["lm"][c] == _NO_TIME:
-            return False
-        return bool(cols["lm"][c] == round(meta.last_modified * 1e6) and cols["size"][c] == meta.size)
+        stored = int(self.etag[c])
+        if meta.strong_etag and stored:
+            return etag_hash(meta.etag) == stored
+        stamp = stamp_of(meta.last_modified, meta.size)
+        return stamp != 0 and stamp == int(self.stamp[c])
+
+
+def etag_hash(etag: str | None) -> int:
+    """A strong ETag's 64-bit hash for :attr:`ReuseIndex.etag` (0: none, or weak). Python's
+    string hash: the index is built and read in one process."""
+    if not etag or etag.startswith("W/"):
+        return 0
+    return hash(etag) or 1
+
+
+_M64 = (1 << 64) - 1
+_C1, _C2 = 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53  # MurmurHash3's 64-bit finalizer
+
+
+def _fmix(x: int) -> int:
+    x ^= x >> 33
+    x = (x * _C1) & _M64
+    x ^= x >> 33
+    x = (x * _C2) & _M64
+    return x ^ (x >> 33)
+
+
+def stamp_of(last_modified: float | None, size: int | None) -> int:
+    """Last-Modified (epoch seconds) and size as one 64-bit number (0: either missing); the
+    same as :func:`_stamps` computes for stored answers. Two different pairs share one with
+    a chance of 2**-64, as two requests share a reuse_key."""
+    if last_modified is None or size is None or size < 0:
+        return 0
+    v = _fmix((_fmix(round(last_modified * 1e6) & _M64) + size) & _M64)
+    v = v - (1 << 64) if v >= 1 << 63 else v
+    return v or 1
+
+
+def _fmix_np(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(33))
+    x *= np.uint64(_C1)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(_C2)
+    x ^= x >> np.uint64(33)
+    return x
+
+
+def _stamps(lm_us: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """:func:`stamp_of` of each (Last-Modified in microseconds, size); missing: ``_NO_TIME`` / -1."""
+    with np.errstate(over="ignore"):
+        out = _fmix_np(_fmix_np(lm_us.astype(np.uint64)) + size.astype(np.uint64)).view(np.int64)
+    out[out == 0] = 1
+    out[(lm_us == _NO_TIME) | (size < 0)] = 0
+    return out
+
+
+#: Bits of :attr:`ReuseIndex.at` for the position in a folder's journal (the folder's number above).
+_POS_BITS = 40
+
+
+def _at(src: int, positions: np.ndarray) -> np.ndarray:
+    return positions.astype(np.int64) | np.int64(src << _POS_BITS)
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -144,9 +209,31 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _empty() -> dict[str, np.ndarray]:
-    i64 = np.zeros(0, dtype=np.int64)
-    return {"key": i64, "completed": i64, "etag": i64, "strong": np.zeros(0, dtype=np.bool_), "lm": i64,
-            "size": i64, "src": np.zeros(0, dtype=np.int16), "pos": i64}  # fmt: skip
+    return {k: np.zeros(0, dtype=np.int64) for k in ("key", "completed", "etag", "stamp", "at")}
+
+
+def _chunks(files: list[Path]) -> Iterator[pa.Table | pa.RecordBatch]:
+    """The index columns of one folder's journal, in order, a row group (or a log's batch) at
+    a time; a part written before a column existed gets it as nulls. Row groups read one by
+    one on this thread: the threaded batch reader keeps ~30 MB more (1M records) afterwards."""
+    for p in files:
+        try:
+            if is_log(p):
+                for batch in iter_log(p):
+                    yield batch.select(_INDEX_COLUMNS)
+                continue
+            part = pq.ParquetFile(p)
+            present = [c for c in _INDEX_COLUMNS if c in part.schema_arrow.names]
+            for g in range(part.num_row_groups):
+                table = part.read_row_group(g, columns=present, use_threads=False)
+                for c in _INDEX_COLUMNS:
+                    if c not in present:
+                        table = table.append_column(
+                            JOURNAL_SCHEMA.field(c), pa.nulls(table.num_rows, JOURNAL_SCHEMA.field(c).type)
+                        )
+                yield table
+        except (pa.ArrowInvalid, OSError) as e:
+            raise StorageError(f"{p}: journal file is unreadable: {e}") from None
 
 
 def _scan(files: list[Path], src: int, cutoff: int | None) -> dict[str, np.ndarray]:
@@ -155,26 +242,23 @@ def _scan(files: list[Path], src: int, cutoff: int | None) -> dict[str, np.ndarr
 
     out: dict[str, list[np.ndarray]] = {k: [] for k in _empty()}
     pos = 0
-    for batch in iter_files(files, _INDEX_COLUMNS):
-        n = batch.num_rows
-        ok = _np(pc.equal(batch.column("status"), string_scalar(Status.OK.value)), False)
-        ok &= _np(pc.is_valid(batch.column("reuse_key")), False)
-        done = _np(pc.cast(batch.column("completed_at"), pa.int64()), _NO_TIME)
+    for chunk in _chunks(files):
+        n = chunk.num_rows
+        ok = _np(pc.equal(chunk.column("status"), string_scalar(Status.OK.value)), False)
+        ok &= _np(pc.is_valid(chunk.column("reuse_key")), False)
+        done = _np(pc.cast(chunk.column("completed_at"), pa.int64()), _NO_TIME)
         if cutoff is not None:
             ok &= done >= cutoff
         where = np.flatnonzero(ok)
         if len(where):
             sel = numeric(where.astype(np.int64))
-            etags: list[Any] = batch.column("doc_etag").take(sel).to_pylist()
-            out["key"].append(_np(batch.column("reuse_key").take(sel), 0))
+            etags: list[Any] = chunk.column("doc_etag").take(sel).to_pylist()
+            out["key"].append(_np(chunk.column("reuse_key").take(sel), 0))
             out["completed"].append(done[where])
-            out["etag"].append(np.fromiter((hash(e) if e else 0 for e in etags), dtype=np.int64, count=len(etags)))
-            out["strong"].append(np.fromiter((bool(e) and not str(e).startswith("W/") for e in etags),
-                                             dtype=np.bool_, count=len(etags)))  # fmt: skip
-            out["lm"].append(_np(pc.cast(batch.column("doc_last_modified").take(sel), pa.int64()), _NO_TIME))
-            out["size"].append(_np(batch.column("doc_bytes").take(sel), -1))
-            out["src"].append(np.full(len(where), src, dtype=np.int16))
-            out["pos"].append(where.astype(np.int64) + pos)
+            out["etag"].append(np.fromiter(map(etag_hash, etags), dtype=np.int64, count=len(etags)))
+            lm = _np(pc.cast(chunk.column("doc_last_modified").take(sel), pa.int64()), _NO_TIME)
+            out["stamp"].append(_stamps(lm, _np(chunk.column("doc_bytes").take(sel), -1)))
+            out["at"].append(_at(src, where + pos))
         pos += n
     found: dict[str, np.ndarray] = {}
     for k in list(out):  # one column's lists and its array at a time
@@ -279,9 +363,8 @@ class ReuseSink:
         """The outcomes of ``pending`` decisions (blocking I/O: run it in a thread, one at a time)."""
         if not pending:
             return []
-        cols = self.index.cols
-        cand = np.array([c for c, _, _ in pending], dtype=np.int64)
-        src, pos = cols["src"][cand], cols["pos"][cand]
+        at = self.index.at[np.array([c for c, _, _ in pending], dtype=np.int64)]
+        src, pos = at >> _POS_BITS, at & ((1 << _POS_BITS) - 1)
         found: dict[int, dict[str, Any]] = {}
         for s in np.unique(src):
             mine = np.flatnonzero(src == s)
