@@ -1,9 +1,10 @@
 """Arrow arrays and scalars built from buffers, for the run path.
 
-``pa.array(...)`` and ``pa.scalar(...)`` on Python or numpy values ask whether the
-value is a pandas object, which imports pandas (+45 MB RSS, ~0.4 s) into a run
-that never uses it (DESIGN.md section 9). Building from buffers asks nothing.
-The analyst-facing modules (summary, diff) import pandas anyway and need none of this.
+``pa.array(...)`` and ``pa.scalar(...)`` on Python or numpy values, a Python value
+given to a kernel and ``to_numpy()`` ask whether the value is a pandas object, which
+imports pandas (+45 MB RSS, ~0.4 s) into a run that never uses it (DESIGN.md section 9).
+Building from buffers asks nothing. The analyst-facing modules (summary, diff) import
+pandas anyway and need none of this.
 """
 
 from __future__ import annotations
@@ -60,3 +61,41 @@ def int_scalar(value: int) -> pa.Scalar[Any]:
     """One integer as an Arrow scalar, for comparisons in pyarrow.compute."""
     scalar: pa.Scalar[Any] = numeric(np.array([value], dtype=np.int64))[0]
     return scalar
+
+
+def scalar(value: bool | int | float | str) -> pa.Scalar[Any]:
+    """A Python value as an Arrow scalar (``pa.scalar(value)``, and a Python value given
+    to a kernel such as ``fill_null``, ask pandas)."""
+    if isinstance(value, str):
+        return string_scalar(value)
+    if isinstance(value, bool):
+        out: pa.Scalar[Any] = numeric(np.array([value], dtype=np.bool_))[0]
+        return out
+    if isinstance(value, int):
+        return int_scalar(value)
+    out = numeric(np.array([value], dtype=np.float64))[0]
+    return out
+
+
+def to_numpy(values: Any, dtype: Any = np.float64) -> np.ndarray[Any, Any]:
+    """A boolean (as bool) or numeric (as ``dtype``: int64 or float64) array or chunked
+    array without nulls as numpy, read from its buffers (``to_numpy()`` imports pandas)."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    boolean = pa.types.is_boolean(values.type)
+    parts = [_chunk(c, boolean, np.dtype(dtype)) for c in chunks if len(c)]
+    if not parts:
+        return np.zeros(0, dtype=np.bool_ if boolean else dtype)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _chunk(c: Any, boolean: bool, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    assert c.null_count == 0, "fill or drop the nulls first"
+    if boolean:
+        bits = np.frombuffer(c.buffers()[1], dtype=np.uint8)
+        return np.unpackbits(bits, bitorder="little")[c.offset : c.offset + len(c)].astype(np.bool_)
+    target = pa.int64() if dtype == np.int64 else pa.float64()
+    if c.type != target:
+        import pyarrow.compute as pc  # not at import: the run path imports this before its first request
+
+        c = pc.cast(c, target)
+    return np.frombuffer(c.buffers()[1], dtype=dtype, count=len(c), offset=c.offset * dtype.itemsize)

@@ -198,7 +198,7 @@ def _assemble(table: pa.Table, ids: pa.Array[Any] | pa.ChunkedArray[Any], taken:
         arrays.append(pc.cast(table[src], schema.field(name).type, memory_pool=arrow_pool()))
     arrays += [taken[n] for n in OUTCOME_COLUMNS]
     if spec is not None:
-        arrays += answer_columns(spec, taken["answer"], pc.equal(taken["status"], string_scalar("ok")).fill_null(False))
+        arrays += answer_columns(spec, taken["answer"], pc.equal(taken["status"], string_scalar("ok")))  # nulls: not ok
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

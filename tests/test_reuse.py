@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from pipeline.config import load_config
 from pipeline.errors import UsageError
 from pipeline.simulator import SimServer, answer_for
 
-from .conftest import TEST_KEY, cli, write_csv
+from .conftest import ROOT, TEST_KEY, cli, write_csv
 
 PRICES = {"price_prompt_per_1m": 2.5, "price_completion_per_1m": 10.0}
 
@@ -242,3 +244,25 @@ def test_the_budget_before_the_start_leaves_out_repeats_and_rows_with_an_answer_
         _run(night2, tmp_path / "night5", server, reuse=(str(tmp_path / "night1"),), engine="ray",
              max_cost=est.min_cost_usd * 0.5, **PRICES)  # type: ignore[operator]  # fmt: skip
     assert _requests(server) == before + spent  # neither refusal sent anything
+
+
+def test_a_night_that_reuses_and_parses_answers_never_imports_pandas(tmp_path: Path, sim: Any) -> None:
+    """pyarrow imports pandas (+45 MB, 0.4 s) for ``to_numpy()`` and for a Python value given
+    to a kernel; reading the reuse index did both, so a reusing night paid it (issue 12's
+    memory target). Both nights run in a child interpreter that never imported pandas."""
+    server = sim(latency_s=0.005, response_format="accept")
+    manifest = write_csv(tmp_path / "m.csv", _docs(server, [f"d{i}.pdf" for i in range(40)]))
+    schema = ROOT / "pipeline/sample_inputs/invoices.schema.json"
+    code = f"""
+import sys
+from pipeline import run
+kw = dict(manifest={str(manifest)!r}, base_url={server.url!r}, api_key={TEST_KEY!r}, progress="none",
+          schema={str(schema)!r})
+first = run(out={str(tmp_path / "n1")!r}, **kw)
+second = run(out={str(tmp_path / "n2")!r}, reuse=({str(tmp_path / "n1")!r},), **kw)
+print(first.ok, second.ok, second.reused, sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["40", "40", "40", "[]"]
+    assert _requests(server) == 40  # night 2 asked nothing

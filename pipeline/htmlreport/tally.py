@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +50,9 @@ from ..rundir import RunDir
 from ..storage import JOURNAL_DIR
 from . import arrow, quantiles
 from .scan import Scan
+
+if TYPE_CHECKING:
+    from ..structured.spec import Spec
 
 __all__ = ["Tally", "open_rows", "summarize"]
 
@@ -313,23 +316,32 @@ def answer_fields(paths: Sequence[str | os.PathLike[str]]) -> tuple[AnswerField,
         if schema is None or raw is None:
             continue
         spec = compile_spec(json.loads(raw))
-        props = spec.schema.get("properties", {})
         # compaction appends the answer columns last (renamed answer_<name> where a name was taken)
         names = schema.names[len(schema.names) - len(spec.columns) :]
-        table = pq.read_table(results, columns=names)
-        for c, name in zip(spec.columns, names, strict=True):
-            col = table[name]
-            counts = nulls.setdefault(name, [0, 0])
-            counts[0] += len(col)
-            counts[1] += col.null_count
-            if "enum" in props.get(c.prop, {}) or pa.types.is_boolean(c.type):
-                seen = values.get(name) or {}
-                for v, n in zip(*_value_counts(col), strict=True):
-                    seen[v] = seen.get(v, 0) + n
-                values[name] = seen
-            else:
-                values.setdefault(name, None)
+        # a row group at a time, through ParquetFile: pq.read_table goes through
+        # pyarrow.dataset, which imports pandas (+45 MB at the end of every run with a schema)
+        part = pq.ParquetFile(results)
+        groups = (part.read_row_group(g, columns=names, use_threads=False) for g in range(part.num_row_groups))
+        for table in groups if part.num_row_groups else [part.schema_arrow.empty_table().select(names)]:
+            _fold_fields(table, spec, names, nulls, values)
     return tuple(_answer_field(name, rows, n, values[name]) for name, (rows, n) in nulls.items())
+
+
+def _fold_fields(table: pa.Table, spec: Spec, names: list[str], nulls: dict[str, list[int]],
+                 values: dict[str, dict[str, int] | None]) -> None:  # fmt: skip
+    props = spec.schema.get("properties", {})
+    for c, name in zip(spec.columns, names, strict=True):
+        col = table[name]
+        counts = nulls.setdefault(name, [0, 0])
+        counts[0] += len(col)
+        counts[1] += col.null_count
+        if "enum" in props.get(c.prop, {}) or pa.types.is_boolean(c.type):
+            seen = values.get(name) or {}
+            for v, n in zip(*_value_counts(col), strict=True):
+                seen[v] = seen.get(v, 0) + n
+            values[name] = seen
+        else:
+            values.setdefault(name, None)
 
 
 def _answer_field(name: str, rows: int, nulls: int, values: dict[str, int] | None) -> AnswerField:
