@@ -202,6 +202,7 @@ class Run:
             release_memory()  # the pool's buffers are garbage now; compaction's peak should not stack on them
             spec = self.asker.spec if self.asker is not None else None
             await asyncio.to_thread(compact, self.run_dir, manifest, spec=spec)
+            release_memory()  # compaction's buffers, freed in its thread's heap: the report's peak stacks on them
             self.record.timings["compaction_s"] = round(time.monotonic() - t0, 4)
             mark_results_current(self.run_dir, self.cfg, manifest)
         except OSError as e:
