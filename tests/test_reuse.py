@@ -48,20 +48,20 @@ def test_night_two_sends_exactly_the_changed_and_new_rows_and_answers_like_a_ful
     tmp_path: Path, sim: Any
 ) -> None:
     server = sim(latency_s=0.005)
-    names = [f"d{i}.pdf" for i in range(1000)]
+    names = [f"d{i}.pdf" for i in range(2000)]  # the 2 000 documents
     night1 = write_csv(tmp_path / "n1.csv", _docs(server, names))
     s1 = _run(night1, tmp_path / "night1", server, **PRICES)
-    assert (s1.ok, _requests(server)) == (1000, 1000)
-    assert server.files()["heads"] == 1000  # one HEAD per document
+    assert (s1.ok, _requests(server)) == (2000, 2000)
+    assert server.files()["heads"] == 2000  # one HEAD per document
 
     changed = names[::10]  # 10 % of the documents change
     server.files(change=changed, reset=True)
-    new = _docs(server, [f"new{i}.pdf" for i in range(50)])  # 5 % new rows
+    new = _docs(server, [f"new{i}.pdf" for i in range(100)])  # 5 % new rows
     night2 = write_csv(tmp_path / "n2.csv", _docs(server, names) + new)
     before = _requests(server)
     s2 = _run(night2, tmp_path / "night2", server, reuse=(str(tmp_path / "night*"),), **PRICES)
     assert _requests(server) - before == len(changed) + len(new)
-    assert (s2.ok, s2.reused, s2.requests) == (1050, 1000 - len(changed), len(changed) + len(new))
+    assert (s2.ok, s2.reused, s2.requests) == (2100, 2000 - len(changed), len(changed) + len(new))
     info = json.loads((tmp_path / "night2" / "_run.json").read_text())
     assert info["reused"] == s2.reused and info["cost_saved_usd"] > 0
 
