@@ -47,11 +47,14 @@ def test_docpipe_run_makes_the_system_allocator_arrows_pool_unless_the_environme
     server = sim(latency_s=0.0)
     manifest = write_csv(tmp_path / "m.csv", make_rows(5))
     pools = []
-    for n, env in enumerate([None, {"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}]):
+    for n, pool in enumerate([None, "mimalloc"]):
+        env = {k: v for k, v in _child_env(None).items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+        if pool is not None:  # the user's own choice
+            env["ARROW_DEFAULT_MEMORY_POOL"] = pool
         args = [str(manifest), "--out", str(tmp_path / f"out{n}"), "--base-url", server.url, "--api-key", TEST_KEY,
                 "--no-doc-meta", "--quiet"]  # fmt: skip
         done = subprocess.run([sys.executable, "-c", _REPORT_COLLECTOR, "run", *args], capture_output=True,
-                              text=True, timeout=60, cwd=ROOT, env=_child_env(env))  # fmt: skip
+                              text=True, timeout=60, cwd=ROOT, env=env)  # fmt: skip
         assert done.returncode == 0, done.stderr
         pools += [line for line in done.stdout.splitlines() if line.startswith("pool ")]
     assert pools == ["pool system", "pool mimalloc"]
