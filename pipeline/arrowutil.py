@@ -77,6 +77,15 @@ def scalar(value: bool | int | float | str) -> pa.Scalar[Any]:
     return out
 
 
+def filled(values: Any, value: bool | int | float | str = False) -> Any:
+    """``values`` with nulls replaced by ``value`` (by default: a boolean mask without nulls).
+    Through ``pc.fill_null``: the arrays' own ``fill_null`` passes even an Arrow scalar
+    through ``pa.scalar``, which asks pandas."""
+    import pyarrow.compute as pc  # not at import: the run path imports this before its first request
+
+    return pc.fill_null(values, scalar(value).cast(values.type))
+
+
 def to_numpy(values: Any, dtype: Any = np.float64) -> np.ndarray[Any, Any]:
     """A boolean (as bool) or numeric (as ``dtype``: int64 or float64) array or chunked
     array without nulls as numpy, read from its buffers (``to_numpy()`` imports pandas)."""

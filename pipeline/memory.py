@@ -17,10 +17,11 @@ the default pool: the Parquet reader's and writer's properties (page buffers,
 decompression) and Arrow IPC's options, which pyarrow gives no per-call pool for.
 
 :func:`release_memory` only returns garbage to the OS. :func:`use_lean_arrow_pool`
-makes the system allocator Arrow's default memory pool for the whole process (for Arrow's
-C++ parts too, when called before pyarrow loads: it sets ``ARROW_DEFAULT_MEMORY_POOL``), and :func:`steady_collector`
-the garbage collector's schedule, which a library must not do behind its caller's
-back: only the ``docpipe`` command calls them (``run(...)`` and ``run_async(...)`` never do).
+makes the system allocator Arrow's default memory pool for the whole process (for
+Arrow's C++ parts too, when called before pyarrow loads: it sets
+``ARROW_DEFAULT_MEMORY_POOL``), and :func:`steady_collector` changes the garbage
+collector's schedule, which a library must not do behind its caller's back: only the
+``docpipe`` command calls them (``run(...)`` and ``run_async(...)`` never do).
 """
 
 from __future__ import annotations

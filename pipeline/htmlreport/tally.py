@@ -321,9 +321,11 @@ def answer_fields(paths: Sequence[str | os.PathLike[str]]) -> tuple[AnswerField,
         # a row group at a time, through ParquetFile: pq.read_table goes through
         # pyarrow.dataset, which imports pandas (+45 MB at the end of every run with a schema)
         part = pq.ParquetFile(results)
-        groups = (part.read_row_group(g, columns=names, use_threads=False) for g in range(part.num_row_groups))
-        for table in groups if part.num_row_groups else [part.schema_arrow.empty_table().select(names)]:
-            _fold_fields(table, spec, names, nulls, values)
+        # no rows yet: every column is listed even for a file of no row groups (not
+        # schema.empty_table(), which imports pandas)
+        _fold_fields(pa.Table.from_batches([], schema=part.schema_arrow).select(names), spec, names, nulls, values)
+        for g in range(part.num_row_groups):
+            _fold_fields(part.read_row_group(g, columns=names, use_threads=False), spec, names, nulls, values)
     return tuple(_answer_field(name, rows, n, values[name]) for name, (rows, n) in nulls.items())
 
 
