@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 
-from .client import EnvProxies, redact
+from .client import EnvProxies, exact_timeout, redact
 from .headwire import HeadWire, target
 from .presign import Presigner, is_s3_url
 
@@ -125,7 +125,7 @@ class DocHeads:
         # not trust_env (a thread hop per lookup): the environment's proxies are read once, here
         self._proxies = EnvProxies()
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout), headers={"User-Agent": "docpipe"}
+            connector=connector, timeout=exact_timeout(self.timeout), headers={"User-Agent": "docpipe"}
         )
         return self
 

@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
-from .client import redact, short
+from .client import exact_timeout, redact, short
 from .config import JobConfig
 from .errors import RequestError, RetryableError, RowFatalError
 from .forms import Form
@@ -60,7 +60,7 @@ class DocumentFetcher:
         self.cfg = cfg
         self.limit = cfg.embed_max_bytes
         self._gate = asyncio.Semaphore(min(MAX_FETCHES, cfg.concurrency))
-        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=cfg.connect_timeout)
+        self._timeout = exact_timeout(cfg.timeout, cfg.connect_timeout)
         self.session: aiohttp.ClientSession | None = None
         self._presigner = Presigner(cfg.presign_ttl)
         self.fetched = 0  # documents fetched, for _run.json

@@ -6,6 +6,15 @@ Behaviour follows openai-python: the server's own word (``retry-after-ms``,
 otherwise exponential back-off with full jitter. one-api/new-api limiters send
 no header at all, so the fallback schedule is what most 429s get.
 
+Our own back-off spaces the *starts* of two attempts: the time the failed attempt
+spent on the wire counts toward it. After a 5 s timeout a 0-1 s back-off is long
+past, so the row goes again at once instead of idling a second more, while fast
+failures (an instant 500 or 429) still wait nearly their whole back-off. The
+schedule stays exponential with full jitter (DESIGN.md section 6) and requests
+in flight stay bounded by the pacer, so an overloaded gateway that hangs every
+request sees at most ``concurrency`` attempts per timeout. A server's own wait
+(``Retry-After``) counts from its answer, as HTTP defines it.
+
 Tenacity drives the loop (see :func:`retrying`), but only once a first attempt
 has failed: entering ``AsyncRetrying`` for every happy request costs 70-95 us
 of CPU (DESIGN.md section 9).
@@ -74,12 +83,13 @@ def backoff(attempt: int, initial: float, maximum: float, rng: Callable[[], floa
     return float(ceiling * rng())
 
 
-def wait_for(error: BaseException | None, attempt: int, initial: float, maximum: float) -> float:
-    """How long to wait after ``error`` ended attempt number ``attempt``."""
+def wait_for(error: BaseException | None, attempt: int, initial: float, maximum: float, on_wire: float = 0.0) -> float:
+    """How long to wait after ``error`` ended attempt number ``attempt``, which spent
+    ``on_wire`` seconds in flight (counted toward our back-off, not a server's wait)."""
     server = getattr(error, "retry_after", None)
     if server is not None:
         return float(server)
-    return backoff(attempt, initial, maximum)
+    return max(0.0, backoff(attempt, initial, maximum) - on_wire)
 
 
 def should_retry(error: BaseException, unreadable_left: int) -> bool:
@@ -99,13 +109,15 @@ def retrying(
     stop_now: Callable[[], bool],
     sleep: Callable[[float], Awaitable[None]] | None = None,
     attempts_before: int = 0,
+    on_wire: Callable[[], float] = lambda: 0.0,
 ) -> AsyncRetrying:
     """A fresh tenacity controller for one row's retries (never share one across tasks).
 
     ``exhausted`` is the caller's attempt count check: rate-limited attempts were
     not processed by the gateway (nor billed), so the runner counts them apart.
     ``attempts_before`` is how many attempts (and waits) the caller made itself
-    before handing the row to tenacity."""
+    before handing the row to tenacity. ``on_wire`` tells how long the failed attempt
+    was in flight (see :func:`wait_for`)."""
 
     # imported on the first retry, not at start-up: most rows never need it
     from tenacity import AsyncRetrying, retry_if_exception
@@ -114,7 +126,7 @@ def retrying(
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
         # attempts made before tenacity took over count toward the back-off's growth
-        return wait_for(error, state.attempt_number + attempts_before, initial, maximum)
+        return wait_for(error, state.attempt_number + attempts_before, initial, maximum, on_wire())
 
     def stop(state: RetryCallState) -> bool:
         # tenacity computes the upcoming sleep before asking stop: a wait that would

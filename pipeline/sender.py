@@ -77,6 +77,7 @@ class _Attempts:
     count: int = 0
     rate_limited: int = 0  # 429s: not processed by the gateway, so not counted against --max-attempts
     latency: float | None = None  # seconds of the last attempt that reached the gateway
+    on_wire: float = 0.0  # seconds the last attempt was in flight, answered or not (its back-off counts them)
     answered: int = 0  # answers received (a structured row may get several: re-asks)
     _per_turn: int = 0
 
@@ -176,7 +177,7 @@ class RowSender:
             if self.cfg.max_attempts <= 1 or not self._retry_on(row, tries, first):
                 raise
             # tenacity's first try is immediate, so the wait after the plain first attempt is ours
-            wait = wait_for(first, 1, self.cfg.backoff_initial, self.cfg.backoff_max)
+            wait = wait_for(first, 1, self.cfg.backoff_initial, self.cfg.backoff_max, tries.on_wire)
             if time.monotonic() + wait > deadline:
                 raise
             await self.rest(wait)
@@ -191,6 +192,7 @@ class RowSender:
             stop_now=lambda: self.stop.is_set,
             sleep=self.rest,
             attempts_before=1,
+            on_wire=lambda: tries.on_wire,
         )
         async for try_ in controller:
             with try_:
@@ -213,6 +215,7 @@ class RowSender:
 
     async def _attempt(self, row: Row, tries: _Attempts, estimate: int, turn: Turn | None) -> Completion:
         tries.count += 1
+        tries.on_wire = 0.0  # an attempt that fails before it is sent waits its whole back-off
         breaker = self.models.breaker(row.model)
         if breaker.is_open:
             async with breaker.lock:
@@ -240,7 +243,7 @@ class RowSender:
             try:
                 completion = await self.client.complete(row, turn)
             except RequestError as e:
-                tries.latency = time.monotonic() - t0
+                tries.latency = tries.on_wire = time.monotonic() - t0
                 if isinstance(e, RateLimited):
                     tries.rate_limited += 1
                 await self._failed(e, row.model, probe=probe, first_attempt=tries.count == 1)

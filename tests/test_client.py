@@ -163,6 +163,11 @@ def test_backoff_is_full_jitter_exponential_and_capped() -> None:
     assert backoff(3, 1.0, 60.0, rng=lambda: 0.0) == 0.0
     # the server's word wins over our schedule
     assert wait_for(RateLimited("x", retry_after=7.0), 1, 1.0, 60.0) == 7.0
+    # ... even after a long attempt (Retry-After counts from the answer), while our own
+    # back-off counts the time the failed attempt was on the wire
+    assert wait_for(RateLimited("x", retry_after=7.0), 1, 1.0, 60.0, on_wire=5.0) == 7.0
+    assert wait_for(RetryableError("x"), 3, 1.0, 60.0, on_wire=5.0) == 0.0
+    assert 0.0 <= wait_for(RetryableError("x"), 4, 1.0, 60.0, on_wire=5.0) <= 3.0
 
 
 UNREADABLE = [
@@ -213,6 +218,24 @@ def test_simulator_faults_over_http_are_classified(sim, kind: str, error_type: s
 
     e = asyncio.run(one())
     assert e.error_type == error_type and isinstance(e, RetryableError)
+
+
+def test_a_hang_times_out_when_the_timeout_says_not_at_the_next_whole_second(sim) -> None:
+    # aiohttp rounds deadlines of 5 s or more up to a whole second of the loop's clock:
+    # sent just after a whole second, a --timeout 5 hang took 5.95 s (pipeline/client.exact_timeout)
+    server = sim(fault_rate=1.0, fault_kinds=("hang",), hang_s=30)
+    cfg = load_config(base_url=server.url, api_key="k", timeout=5.0)
+
+    async def one() -> float:
+        loop = asyncio.get_running_loop()
+        async with GatewayClient(cfg) as client:
+            await asyncio.sleep(1.05 - loop.time() % 1.0)  # just past a whole second
+            t0 = loop.time()
+            with pytest.raises(RetryableError, match="within 5 s"):
+                await client.complete(Row(0, "r", "https://x.example/a.pdf", "q", "https://x.example/a.pdf q"))
+            return loop.time() - t0
+
+    assert 5.0 <= asyncio.run(one()) < 5.5
 
 
 def test_stream_cut_fault_over_http_is_retryable(sim) -> None:

@@ -113,3 +113,42 @@ def test_an_abort_names_its_cause_once_and_no_missing_gateway_id(tmp_path: Path,
     reason = json.loads((out / "_run.json").read_text())["reason"]
     assert reason.count("auth") == 1 and reason.startswith("auth: HTTP 401")
     assert "auth: auth:" not in r.stderr + r.stdout and "gateway id None" not in r.stderr
+
+
+def test_a_hung_attempt_counts_toward_its_back_off_and_a_fast_failure_waits_it(sim) -> None:
+    # issue 10: our back-off spaces the starts of two attempts (pipeline/retry.py). With a back-off
+    # ceiling (0.9 s) under the timeout (1 s) a row that hung goes again without resting; a row
+    # whose attempt failed at once (a 500) rests. Waits are the ones the sender asks its rest for.
+    import asyncio
+
+    from pipeline.budget import BudgetGuard
+    from pipeline.client import GatewayClient
+    from pipeline.config import load_config
+    from pipeline.control import StopControl
+    from pipeline.records import Row
+    from pipeline.runner import pacer_for
+    from pipeline.runrecord import RunRecord
+    from pipeline.sender import RowSender
+
+    server = sim(hang_s=30)
+    cfg = load_config(base_url=server.url, api_key="k", timeout=1.0, backoff_initial=0.9, backoff_max=0.9,
+                      max_attempts=3)  # fmt: skip
+    url = "https://x.example/a.pdf"
+
+    async def waits(fault: str) -> tuple[list[float], int]:
+        rested: list[float] = []
+
+        async def rest(seconds: float) -> None:
+            rested.append(seconds)
+
+        async with GatewayClient(cfg) as client:
+            sender = RowSender(cfg, client, pacer_for(cfg), BudgetGuard(cfg), StopControl(), RunRecord(cfg))
+            sender.rest = rest
+            content = f"{url} q [[sim:fault={fault}*2]]"
+            outcome = await sender.send(Row(0, f"r-{fault}", url, "q", content))
+        assert outcome is not None and outcome.status == "ok", outcome
+        return rested, outcome.attempts
+
+    assert asyncio.run(waits("hang")) == ([0.0, 0.0], 3)
+    fast, attempts = asyncio.run(waits("500"))
+    assert attempts == 3 and len(fast) == 2 and all(0.0 < w <= 0.9 for w in fast), fast
