@@ -345,9 +345,14 @@ def test_state_counters_with_injected_clock() -> None:
     assert (snap["ok_requests"], snap["distinct_ok"], snap["duplicate_ok"], snap["distinct_keys"]) == (2, 1, 1, 2)
     assert (snap["prompt_tokens"], snap["completion_tokens"]) == (6, 8)
     assert st.request_id() != st.request_id()
+    assert snap["late_ms_mean"] is None  # no latency wait ended yet
+    st.woke(0.001)
+    st.woke(0.003)
+    assert st.snapshot()["late_ms_mean"] == 2.0  # the simulator's own lag, in ms
     st.count("500")
     st.reset()
     assert st.snapshot()["requests"] == 0 and st.outcomes["500"] == 0 and st.t0 == 101.5 and not st.attempts
+    assert st.snapshot()["late_ms_mean"] is None
 
 
 def test_max_per_minute_is_the_busiest_sliding_minute_not_a_calendar_one() -> None:

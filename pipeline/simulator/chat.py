@@ -47,7 +47,10 @@ async def upstream(call: Call) -> web.StreamResponse:
     try:
         delay = cfg.hang_s if hang else latency_for(cfg, call.digest, call.attempt)
         if delay > 0.0:
+            due = st.clock() + delay
             await asyncio.sleep(delay)
+            if not hang:
+                st.woke(st.clock() - due)
         # The common case skips respond(): one coroutine less per answer (the bench runs thousands a second).
         return await (answer(call, None) if plan.is_ok else respond(call))
     except asyncio.CancelledError:

@@ -134,6 +134,8 @@ class State:
         self.timeline = []
         self.retry_due = {}
         self.retry_after = {"sent": 0, "checked": 0, "violations": 0, "min_slack_s": math.inf}
+        self.late_s = 0.0  # how much later than planned the latency waits ended, summed (the loop's lag)
+        self.late_n = 0
 
     def reset_window(self) -> None:
         """Start a new max-in-flight window (``POST /_sim/stats/window``)."""
@@ -182,6 +184,12 @@ class State:
         if slack < -RETRY_AFTER_TOLERANCE_S:
             ra["violations"] += 1
 
+    def woke(self, late: float) -> None:
+        """A latency wait ended ``late`` seconds after it was due (the simulator's own delay,
+        which the client sees as latency: bench prints its mean beside the run)."""
+        self.late_s += late
+        self.late_n += 1
+
     def enter(self) -> None:
         """A request starts its upstream phase."""
         self.in_flight += 1
@@ -223,6 +231,7 @@ class State:
             "distinct_keys": len(self.attempts),
             "request_times": list(self.request_times),
             "timeline": [dict(b) for b in self.timeline],
+            "late_ms_mean": round(1000 * self.late_s / self.late_n, 3) if self.late_n else None,
             "retry_after": {
                 "sent": int(self.retry_after["sent"]),
                 "checked": int(self.retry_after["checked"]),
