@@ -49,6 +49,14 @@ def arrow_pool() -> pa.MemoryPool:
 def release_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc only)."""
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc only), without a garbage collection:
+    where the garbage was freed by reference counting (the run makes no reference
+    cycles: at the end of a 10 000-row run a full collection found 0 objects before
+    compaction and 9 after, at 9-10 ms each), the trim is the whole effect, at <1 ms."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

@@ -43,7 +43,7 @@ from .incremental import Gate, doc_heads, reuse_index
 from .journal import JournalWriter
 from .limits import Breaker, Pacer
 from .manifest import Manifest, manifest_models
-from .memory import release_memory
+from .memory import trim_heap
 from .models import ModelRouter
 from .pool import Pool
 from .presign import PresigningClient  # s3:// documents presigned per attempt; others untouched
@@ -51,6 +51,7 @@ from .records import Outcome, RunSummary
 from .report import ProgressDisplay
 from .rundir import RunDir
 from .runrecord import Counts, RunRecord, results_counts
+from .schema import pandas_version
 from .sender import RowSender
 from .storage import REPORT_FILE, atomic_write_bytes
 from .structured.ask import Asker, asker_for
@@ -199,10 +200,10 @@ class Run:
             t0 = time.monotonic()
             from .compaction import compact  # at the end only: import time counts before the first request
 
-            release_memory()  # the pool's buffers are garbage now; compaction's peak should not stack on them
+            trim_heap()  # the pool's buffers are garbage now; compaction's peak should not stack on them
             spec = self.asker.spec if self.asker is not None else None
             await asyncio.to_thread(compact, self.run_dir, manifest, spec=spec)
-            release_memory()  # compaction's buffers, freed in its thread's heap: the report's peak stacks on them
+            trim_heap()  # compaction's buffers, freed in its thread's heap: the report's peak stacks on them
             self.record.timings["compaction_s"] = round(time.monotonic() - t0, 4)
             mark_results_current(self.run_dir, self.cfg, manifest)
         except OSError as e:
@@ -340,8 +341,8 @@ async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
 
 
 #: What the end of a run imports (compaction with pyarrow.compute: 0.1-0.3 s; the HTML report:
-#: 0.1-0.3 s more), imported early by :func:`_import_finish`.
-FINISH_MODULES = ("pipeline.compaction", "pipeline.htmlreport")
+#: 0.1-0.3 s more; pyarrow.json, which reads the journal back), imported early by :func:`_import_finish`.
+FINISH_MODULES = ("pipeline.compaction", "pipeline.htmlreport", "pyarrow.json")
 
 
 async def _import_finish(record: RunRecord, delay: float = 1.0) -> None:
@@ -353,6 +354,9 @@ async def _import_finish(record: RunRecord, delay: float = 1.0) -> None:
     await asyncio.sleep(delay)
     for name in FINISH_MODULES:
         await asyncio.to_thread(importlib.import_module, name)
+    # the installed pandas' version, which results.parquet's metadata names: importlib.metadata
+    # and a walk over site-packages (10-20 ms) that compaction would otherwise wait for
+    await asyncio.to_thread(pandas_version)
 
 
 def _crash_code(e: BaseException) -> ExitCode:

@@ -130,14 +130,14 @@ def pandas_metadata(names: Iterable[str], extra: Mapping[str, str] | None = None
         "columns": cols,
         "creator": {"library": "pyarrow", "version": pa.__version__},
     }
-    version = _pandas_version()
+    version = pandas_version()
     if version is not None:
         meta["pandas_version"] = version
     return {b"pandas": json.dumps(meta).encode()}
 
 
 @functools.cache
-def _pandas_version() -> str | None:
+def pandas_version() -> str | None:
     # the installed distribution's version, read without importing pandas (+45 MB and
     # ~0.3 s that a run does not need); pyarrow itself does not read this field back
     import importlib.metadata  # here, not at the top: csv, zipfile, email... before a run's first request
