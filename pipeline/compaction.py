@@ -14,6 +14,11 @@
    content or request_id is computed again (the outcome carries its request_id),
    except under ``--shard``, whose scope is drawn from the ids.
 
+Step 2 may begin before the run's last answers (:class:`Compactor`): the runner starts
+it once every row was dispatched, in a thread, on the journal lines written so far, and
+spills the rest after the last answer. A 10 000-row run at 200 ms went from 0.15-0.18 s
+between its last answer and results.parquet to 0.06 s.
+
 Why positions and not a join on the ids: computing a million request_ids (message
 content, blake2b) costs ~3 s a pass, and this way compaction computes none after a
 run. The cost: two different ids sharing a 64-bit hash would be confused (see
@@ -47,7 +52,7 @@ import pyarrow.parquet as pq
 
 from .arrowutil import int_codes, numeric, string_scalar
 from .idset import IdIndex, hash_ids
-from .journal import latest_per_id
+from .journal import LogSpan, iter_files, latest_per_id
 from .manifest import scoped_batches
 from .memory import arrow_pool
 from .rundir import RunDir
@@ -67,30 +72,109 @@ def compact(run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS, spec: 
 
     ``spec``: a structured job's answer schema; its typed columns follow the standard
     ones (pipeline/structured/columns.py)."""
-    schema, spec = _schema(manifest, spec)
-    hashes = getattr(manifest, "id_hashes", None)  # the run's own walk over the manifest
-    if hashes is None:
-        hashes = np.concatenate([hash_ids(ids) for _b, ids, _c in manifest.views()] or [np.empty(0, np.int64)])
-    index = IdIndex(hashes)
-    del hashes
-    if index.has_duplicates:
-        return _compact_in_memory(run_dir, manifest, schema, spec)
-    old = run_dir.parts()
-    spill = run_dir.journal / ".spill"
-    shutil.rmtree(spill, ignore_errors=True)
-    spill.mkdir()
-    try:
-        _spill(run_dir, index, spill, chunk_rows)
-        del index  # 24 bytes a row, not needed from here on
+    with Compactor(run_dir, manifest, chunk_rows, spec) as compactor:
+        return compactor.finish()
+
+
+class Compactor:
+    """One compaction in two steps, so that step 1 (the journal pass, most of the time a
+    10 000-row run spends compacting) can start while the run's last requests are in
+    flight: :meth:`spill` sends the journal records written so far to the spill files,
+    and may be called again as the journal grows; :meth:`finish` spills the rest and
+    runs step 3. The runner starts it once every row was dispatched, when the manifest's
+    id hashes are complete (:mod:`pipeline.runner`). The log the run is still writing is
+    spilled up to the whole lines its writer reported, the rest by the next call.
+
+    One thread at a time (the runner awaits each step); ``close()`` (or the ``with``
+    block) removes the spill files whatever happened."""
+
+    def __init__(self, run_dir: RunDir, manifest: Any, chunk_rows: int = CHUNK_ROWS, spec: Spec | None = None) -> None:
+        self.run_dir = run_dir
+        self.manifest = manifest
+        self.chunk_rows = chunk_rows
+        self.schema, self.spec = _schema(manifest, spec)
+        hashes = getattr(manifest, "id_hashes", None)  # the run's own walk over the manifest
+        if hashes is None:
+            hashes = np.concatenate([hash_ids(ids) for _b, ids, _c in manifest.views()] or [np.empty(0, np.int64)])
+        index: IdIndex | None = IdIndex(hashes)
+        del hashes
+        self.in_memory = index is not None and index.has_duplicates  # one outcome for several rows: by id
+        self._index = None if self.in_memory else index
+        self.spill_dir = run_dir.journal / ".spill"
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+        if not self.in_memory:
+            self.spill_dir.mkdir(parents=True)
+        # Arrow IPC streams, not Parquet: a writer holds no page buffers, so the many spill
+        # files a million-row manifest needs (one per chunk) cost no memory while open
+        self._writers: dict[int, tuple[pa.NativeFile, pa.ipc.RecordBatchStreamWriter]] = {}
+        self._spilled: list[Path] = []  # journal files spilled whole, in sequence order
+        self._rest: LogSpan | None = None  # the log spilled in part: where its unread lines start
+
+    def __enter__(self) -> Compactor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def spill(self, log: Path | None = None, position: tuple[int, int] = (0, 0)) -> None:
+        """Spill the journal records not spilled yet, in sequence order; of ``log``, a log
+        still being written, only its first ``position`` = (bytes, lines)."""
+        if self._index is None:
+            return
+        for p in self.run_dir.parts()[len(self._spilled) :]:
+            span = self._rest if self._rest is not None and self._rest.path == p else LogSpan(p)
+            if p == log:  # the newest file: nothing follows it yet
+                self._route(iter_files([p], log_span=LogSpan(p, span.start, position[0], span.first_line)))
+                self._rest = LogSpan(p, position[0], None, position[1] + 1)
+                return
+            self._route(iter_files([p], log_span=span))
+            self._spilled.append(p)
+
+    def finish(self) -> int:
+        """Spill what is left, then build results.parquet and fold the journal; the rows written."""
+        run_dir, manifest = self.run_dir, self.manifest
+        if self.in_memory:
+            return _compact_in_memory(run_dir, manifest, self.schema, self.spec)
+        old = run_dir.parts()
+        self.spill()
+        self._close_writers()
+        self._index = None  # 24 bytes a row, not needed from here on
+        spill = self.spill_dir
         with nullcontext() if run_dir.is_folded(old) else run_dir.folding(old) as fold:
-            joined = _joined(manifest, spill, chunk_rows, schema, fold, spec)
-            rows = atomic_write_table(run_dir.results, joined, schema)
+            joined = _joined(manifest, spill, self.chunk_rows, self.schema, fold, self.spec)
+            rows = atomic_write_table(run_dir.results, joined, self.schema)
             orphans = _latest_of(spill / "orphans.arrow")
             if fold is not None and orphans is not None:
                 fold.write_table(orphans.drop_columns([_POS]))
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
-    return rows
+        return rows
+
+    def close(self) -> None:
+        self._close_writers()
+        self._index = None
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    def _route(self, batches: Iterable[pa.RecordBatch]) -> None:
+        """Each outcome, with the position of its row, to the spill file of its manifest chunk."""
+        assert self._index is not None
+        writers, chunk_rows = self._writers, self.chunk_rows
+        for batch in batches:
+            pos = self._index.positions(hash_ids(batch.column("request_id")))
+            batch = batch.append_column(_POS, numeric(pos))
+            chunk = pos // chunk_rows
+            chunk[pos < 0] = -1
+            for k in np.unique(chunk):
+                part = pc.filter(cast(Any, batch), numeric(chunk == k), memory_pool=arrow_pool())  # stubs: arrays only
+                if int(k) not in writers:
+                    name = "orphans" if k < 0 else f"chunk-{int(k):07d}"
+                    sink = pa.OSFile(str(self.spill_dir / f"{name}.arrow"), "wb")
+                    writers[int(k)] = (sink, pa.ipc.new_stream(sink, _SPILL_SCHEMA))
+                writers[int(k)][1].write_batch(part)
+
+    def _close_writers(self) -> None:
+        writers, self._writers = self._writers, {}
+        for file, stream in writers.values():
+            stream.close()
+            file.close()
 
 
 def _schema(manifest: Any, spec: Spec | None) -> tuple[pa.Schema, Spec | None]:
@@ -105,29 +189,6 @@ def _schema(manifest: Any, spec: Spec | None) -> tuple[pa.Schema, Spec | None]:
     spec = spec.renamed([*INPUT_COLUMNS, *OUTCOME_COLUMNS, *cols.output_names])
     meta = {METADATA_KEY: json.dumps(spec.schema).encode()}
     return output_schema(fields, spec.fields(), spec.pandas_dtypes(), meta), spec
-
-
-def _spill(run_dir: RunDir, index: IdIndex, spill: Path, chunk_rows: int) -> None:
-    # Arrow IPC streams, not Parquet: a writer holds no page buffers, so the many spill
-    # files a million-row manifest needs (one per chunk) cost no memory while open
-    writers: dict[int, tuple[pa.NativeFile, pa.ipc.RecordBatchStreamWriter]] = {}
-    try:
-        for batch in run_dir.iter_journal():
-            pos = index.positions(hash_ids(batch.column("request_id")))
-            batch = batch.append_column(_POS, numeric(pos))
-            chunk = pos // chunk_rows
-            chunk[pos < 0] = -1
-            for k in np.unique(chunk):
-                part = pc.filter(cast(Any, batch), numeric(chunk == k), memory_pool=arrow_pool())  # stubs: arrays only
-                if int(k) not in writers:
-                    name = "orphans" if k < 0 else f"chunk-{int(k):07d}"
-                    sink = pa.OSFile(str(spill / f"{name}.arrow"), "wb")
-                    writers[int(k)] = (sink, pa.ipc.new_stream(sink, _SPILL_SCHEMA))
-                writers[int(k)][1].write_batch(part)
-    finally:
-        for file, stream in writers.values():
-            stream.close()
-            file.close()
 
 
 def _latest_of(path: Path) -> pa.Table | None:

@@ -41,6 +41,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -110,17 +111,33 @@ def is_log(path: Path) -> bool:
     return path.suffix == _LOG_SUFFIX
 
 
-def iter_files(files: list[Path], columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Every record of the journal files ``files``, in order, in bounded batches."""
+def iter_files(
+    files: list[Path], columns: list[str] | None = None, log_span: LogSpan | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Every record of the journal files ``files``, in order, in bounded batches;
+    of the log ``log_span`` names, only the lines it spans."""
     for p in files:
         try:
             if is_log(p):
-                for batch in iter_log(p):
+                span = log_span if log_span is not None and log_span.path == p else LogSpan(p)
+                for batch in iter_log(p, span):
                     yield batch.select(columns) if columns else batch
             else:
                 yield from _iter_part(pq.ParquetFile(p, pre_buffer=False), columns)
         except (pa.ArrowInvalid, OSError) as e:
             raise StorageError(f"{p}: journal file is unreadable: {e}") from None
+
+
+@dataclass(frozen=True)
+class LogSpan:
+    """Whole lines of a journal log: bytes ``start`` to ``stop`` (None: to the end), the
+    first of them line number ``first_line``. A log still being written is read up to
+    what its writer reported (:attr:`JournalWriter.position`), the rest later."""
+
+    path: Path
+    start: int = 0
+    stop: int | None = None
+    first_line: int = 1
 
 
 def latest_per_id(table: pa.Table) -> pa.Table:
@@ -140,12 +157,14 @@ def latest_per_id(table: pa.Table) -> pa.Table:
 # -------------------------------------------------------------------------- reading
 
 
-def iter_log(path: Path) -> Iterator[pa.RecordBatch]:
-    """A journal log in typed batches. Unreadable lines are skipped with a warning;
-    a torn last line (crash mid-write) is ignored."""
+def iter_log(path: Path, span: LogSpan | None = None) -> Iterator[pa.RecordBatch]:
+    """A journal log (or the lines ``span`` names) in typed batches. Unreadable lines
+    are skipped with a warning; a torn last line (crash mid-write) is ignored."""
+    span = span if span is not None else LogSpan(path)
     skipped: list[int] = []
     with open(path, "rb") as f:
-        for first_line, chunk in _chunks(f):
+        f.seek(span.start)
+        for first_line, chunk in _chunks(f, span.first_line, None if span.stop is None else span.stop - span.start):
             table = _parse(chunk)
             if table is None:
                 table, bad = _parse_lines(chunk)
@@ -169,12 +188,14 @@ def _iter_part(pf: pq.ParquetFile, columns: list[str] | None) -> Iterator[pa.Rec
         yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema([JOURNAL_SCHEMA.field(n) for n in wanted]))
 
 
-def _chunks(f: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(number of its first line, bytes) for runs of whole lines of about CHUNK_BYTES;
-    a line longer than that is one chunk. Bytes after the last newline are not yielded."""
+def _chunks(f: IO[bytes], line: int = 1, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(number of its first line, bytes) for runs of whole lines of about CHUNK_BYTES,
+    reading at most ``limit`` bytes; a line longer than that is one chunk. Bytes after
+    the last newline are not yielded."""
     pending: list[bytes] = []
-    line = 1
-    while data := f.read(CHUNK_BYTES):
+    left = -1 if limit is None else limit
+    while left and (data := f.read(CHUNK_BYTES if left < 0 else min(CHUNK_BYTES, left))):
+        left -= len(data) if left > 0 else 0
         cut = data.rfind(b"\n") + 1
         if cut == 0:  # inside a long line: keep reading until it ends
             pending.append(data)
@@ -351,6 +372,7 @@ class JournalWriter:
         fsync_dir(run_dir.journal)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docpipe-journal")
         self.written = 0
+        self.position = (0, 0)  # (bytes, lines) of the log handed to the kernel: whole lines
         self._unsynced = 0
         self._pending: list[bytes] = []
         self.error: StorageError | None = None
@@ -382,6 +404,7 @@ class JournalWriter:
         if not self._pending or self._fd is None:
             return
         data = b"".join(self._pending)
+        lines = len(self._pending)
         self._pending.clear()
         try:
             n = os.write(self._fd, data)
@@ -390,6 +413,8 @@ class JournalWriter:
         else:
             if n != len(data):  # disk full: stop here; the torn line is cut off by the next run
                 self.error = StorageError(f"{self.path}: cannot write the journal: disk full (short write)")
+            else:
+                self.position = (self.position[0] + n, self.position[1] + lines)
         if self.error is not None and self.on_error is not None:
             self.on_error(self.error)
 

@@ -60,8 +60,10 @@ class Pool:
         concurrency: int,
         grace_period: float,
         gate: Gate | None = None,
+        dispatched: Callable[[], None] | None = None,
     ) -> None:
         self.batches = batches
+        self.dispatched = dispatched  # called once every row was queued or recorded (not after a stop)
         self.gate = gate  # repeats, reuse and document metadata (pipeline/incremental.py)
         self.send = send
         self.record = record
@@ -147,6 +149,8 @@ class Pool:
             raise
         if self.gate is not None:
             await self.gate.settle()  # rows parked on their document's HEAD are queued or reused first
+        if self.dispatched is not None and not self.stop.is_set:
+            self.dispatched()
         for _ in range(self.workers):
             await self.queue.put(None)
 

@@ -76,3 +76,50 @@ def test_placing_by_position_matches_each_row_with_its_own_answer(tmp_path: Path
     assert dict(zip(after["request_id"], after["answer"], strict=True)) == dict(
         zip(journal["request_id"], journal["answer"], strict=True)
     )
+
+
+def test_compaction_begun_while_the_log_grows_ends_as_one_done_at_the_end(tmp_path: Path, sim) -> None:
+    # issue 10: the runner starts compaction's journal pass once every row is dispatched
+    # (Compactor.spill up to the whole lines written so far) and finishes it after the
+    # last answer; a row answered in both parts keeps its later outcome
+    import asyncio
+
+    from pipeline.compaction import Compactor
+    from pipeline.journal import JournalWriter
+    from pipeline.records import Completion, Failure, make_outcome
+
+    manifest = write_csv(tmp_path / "m.csv", make_rows(60))
+    out = tmp_path / "out"
+    cfg = fast_config(manifest, out, sim())
+    assert run(cfg.replace(limit=20)).ok == 20  # an earlier run's part comes first in the journal
+    m = Manifest(str(manifest), cfg)
+    rows = [r for batch in m.rows() for r in batch]  # the run's walk: id hashes for compaction
+    run_dir = RunDir(out)
+    ok = Completion("late answer", "stop", "m", "x", 1, 1, 2, None, 200)
+
+    def outcome(i: int, failed: bool):  # type: ignore[no-untyped-def]
+        failure = Failure("server_error", "boom", 500, None) if failed else None
+        return make_outcome(rows[i], None if failed else ok, failure=failure, started=1.0, completed=2.0,
+                            attempts=1, latency=0.1, cost=None)  # fmt: skip
+
+    async def night() -> None:
+        journal = JournalWriter(run_dir, "run-2", "m")
+        for i in range(10, 40):
+            journal.add(outcome(i, failed=i < 20))
+        await journal.flush()
+        compactor = Compactor(run_dir, m)
+        await asyncio.to_thread(compactor.spill, journal.path, journal.position)
+        assert journal.position[1] == 30
+        for i in [*range(10, 20), *range(40, 60)]:  # rows 10-19 again: now answered
+            journal.add(outcome(i, failed=False))
+        await journal.flush()
+        journal.close()
+        with compactor:
+            assert await asyncio.to_thread(compactor.finish) == 60
+
+    asyncio.run(night())
+    df = pd.read_parquet(out / "results.parquet")
+    assert list(df["status"]) == ["ok"] * 60
+    assert list(df["answer"][10:]) == ["late answer"] * 50 and "late answer" not in set(df["answer"][:10])
+    assert [p.suffix for p in run_dir.parts()] == [".parquet"]  # folded into one part
+    assert not (run_dir.journal / ".spill").exists()
