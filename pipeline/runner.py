@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -94,10 +95,11 @@ class Run:
         self.pacer = pacer_for(cfg)
         self.journal: JournalWriter | None = None  # opened once the folder's lock is held
         self.asker = asker_for(cfg)  # structured answers: the schema's columns, checks and the run's mode
+        self.spec = self.asker.spec if self.asker is not None else None
         self.models, self.fetcher = ModelRouter(cfg, self.pacer.breaker), DocumentFetcher(cfg)  # models, --embed
         self._signals = 0
         self._keep_report = False
-        self._spilling: asyncio.Task[Compactor | None] | None = None  # compaction's step 1, begun early
+        self._early = EarlyCompaction()  # compaction's journal pass, begun beside the last requests
 
     # -- the run -----------------------------------------------------------------
 
@@ -114,9 +116,7 @@ class Run:
         finally:
             if self.journal is not None:
                 self.journal.close()
-            compactor = await self._early_compactor()  # a run that ended before compacting: its spill goes
-            if compactor is not None:
-                compactor.close()
+            await self._early.drop()  # a run that ended before compacting: its spill files go
             self.run_dir.release()
 
     async def _execute(self, manifest: Manifest) -> RunSummary:
@@ -133,7 +133,7 @@ class Run:
             why = check_before_start(await asyncio.to_thread(estimate_rows, manifest, skip, cfg, index), cfg)
             if why:
                 raise UsageError(f"{why}; nothing was sent")
-        self.journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
+        self.journal = journal = JournalWriter(self.run_dir, self.record.run_id, cfg.model)
         self.journal.on_error = lambda e: self.stop.request(str(e))
         self._write_info(self.record.running())
         for outcome in reused:  # stored answers that fit a changed schema: no request
@@ -146,9 +146,9 @@ class Run:
                             stop=self.stop, heads=heads, index=index)  # fmt: skip
                 # the first requests wait for the first cfg.concurrency rows only; nothing to send: no rows
                 rows = manifest.rows(skip, first=cfg.concurrency) if done is None else ()
-                pool = Pool(rows, send=sender.send, record=self._record, stop=self.stop,
-                            concurrency=cfg.concurrency, grace_period=cfg.grace_period, gate=gate,
-                            dispatched=lambda: self._begin_compaction(manifest))  # fmt: skip
+                begin = functools.partial(self._early.begin, self.run_dir, manifest, journal, self.spec)
+                pool = Pool(rows, send=sender.send, record=self._record, stop=self.stop, concurrency=cfg.concurrency,
+                            grace_period=cfg.grace_period, gate=gate, dispatched=begin)  # fmt: skip
                 sender.rest = pool.rest  # a row waiting out a back-off gives its seat to the next row
                 producer_error = await pool.run()
                 self.record.mark("requests_done_s")
@@ -207,13 +207,13 @@ class Run:
             t0 = time.monotonic()
             from .compaction import compact  # at the end only: import time counts before the first request
 
-            compactor = await self._early_compactor()
+            compactor = await self._early.take()
             trim_heap()  # the pool's buffers are garbage now; compaction's peak should not stack on them
             if compactor is not None:
                 with compactor:
                     await asyncio.to_thread(compactor.finish)
             else:
-                await asyncio.to_thread(compact, self.run_dir, manifest, spec=self._spec)
+                await asyncio.to_thread(compact, self.run_dir, manifest, spec=self.spec)
             trim_heap()  # compaction's buffers, freed in its thread's heap: the report's peak stacks on them
             self.record.timings["compaction_s"] = round(time.monotonic() - t0, 4)
             mark_results_current(self.run_dir, self.cfg, manifest)
@@ -222,45 +222,6 @@ class Run:
                               "journal, run the same command again to rebuild them")  # fmt: skip
             return None
         return results
-
-    @property
-    def _spec(self) -> Spec | None:
-        return self.asker.spec if self.asker is not None else None
-
-    def _begin_compaction(self, manifest: Manifest) -> None:
-        """Every row is dispatched, so the manifest's id hashes are complete: compaction's
-        journal pass starts now, in a thread, on what the journal holds so far, while the
-        last requests are in flight (issue 10: it was most of the 0.1-0.2 s a 10 000-row
-        run spent between its last answer and its exit). :meth:`_compact` finishes it."""
-        journal = self.journal
-        if journal is None or self._spilling is not None:
-            return
-        log_file, position = journal.path, journal.position
-
-        def begin() -> Compactor | None:
-            from .compaction import Compactor
-
-            compactor = Compactor(self.run_dir, manifest, spec=self._spec)
-            try:
-                compactor.spill(log_file, position)
-            except BaseException:
-                compactor.close()
-                raise
-            return compactor
-
-        self._spilling = asyncio.create_task(asyncio.to_thread(begin))
-
-    async def _early_compactor(self) -> Compactor | None:
-        """The compaction begun early, once its step 1 is done; None if none was begun or
-        it failed (the plain compaction then does it all and meets the error again)."""
-        task, self._spilling = self._spilling, None
-        if task is None:
-            return None
-        try:
-            return await task
-        except Exception as e:
-            log.debug("compaction begun early failed (%s); compacting at the end instead", e)
-            return None
 
     def _final_summary(self, results: str | None) -> RunSummary:
         """Counted from what is on disk: results.parquet, or the journal when it could not be written."""
@@ -388,6 +349,53 @@ async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
     if limit is not None:
         await asyncio.sleep(max(0.0, limit[0]))
         stop.request(limit[1])
+
+
+class EarlyCompaction:
+    """Compaction's journal pass, begun once every row is dispatched: the manifest's id
+    hashes are complete then, so the pass runs in a thread on the whole lines the journal
+    holds while the last requests are in flight (issue 10: it was most of the 0.15-0.18 s
+    a 10 000-row run spent between its last answer and its exit); the run's end takes
+    the :class:`~pipeline.compaction.Compactor` and finishes it."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[Compactor] | None = None
+
+    def begin(self, run_dir: RunDir, manifest: Manifest, journal: JournalWriter, spec: Spec | None) -> None:
+        if self._task is not None:
+            return
+        log_file, position = journal.path, journal.position
+
+        def spill() -> Compactor:
+            from .compaction import Compactor
+
+            compactor = Compactor(run_dir, manifest, spec=spec)
+            try:
+                compactor.spill(log_file, position)
+            except BaseException:
+                compactor.close()
+                raise
+            return compactor
+
+        self._task = asyncio.create_task(asyncio.to_thread(spill))
+
+    async def take(self) -> Compactor | None:
+        """The compaction begun, its journal pass done; None if none was begun or it failed
+        (the plain compaction then does it all, and meets the error again if it lasts)."""
+        task, self._task = self._task, None
+        if task is None:
+            return None
+        try:
+            return await task
+        except Exception as e:
+            log.debug("compaction begun early failed (%s); compacting at the end instead", e)
+            return None
+
+    async def drop(self) -> None:
+        """Remove what a compaction begun and never finished left."""
+        compactor = await self.take()
+        if compactor is not None:
+            compactor.close()
 
 
 #: What the end of a run imports (compaction with pyarrow.compute: 0.1-0.3 s; the HTML report:
