@@ -351,6 +351,13 @@ async def _deadline(cfg: JobConfig, stop: StopControl) -> None:
         stop.request(limit[1])
 
 
+#: Manifests up to this many rows begin compaction early. Beyond, the pass overlaps only a
+#: small part of the run's end (8.6 s of journal pass at 1 000 000 rows against a tail of a
+#: few hundred ms), while its index (24 bytes a row) and buffers stack on the pool's last
+#: memory instead of following its release: 224 -> 230 MB peak at 1 000 000 rows.
+EARLY_COMPACTION_ROWS = 200_000
+
+
 class EarlyCompaction:
     """Compaction's journal pass, begun once every row is dispatched: the manifest's id
     hashes are complete then, so the pass runs in a thread on the whole lines the journal
@@ -362,7 +369,8 @@ class EarlyCompaction:
         self._task: asyncio.Task[Compactor] | None = None
 
     def begin(self, run_dir: RunDir, manifest: Manifest, journal: JournalWriter, spec: Spec | None) -> None:
-        if self._task is not None:
+        hashes = manifest.id_hashes
+        if self._task is not None or hashes is None or len(hashes) > EARLY_COMPACTION_ROWS:
             return
         log_file, position = journal.path, journal.position
 
