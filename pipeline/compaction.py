@@ -104,8 +104,10 @@ class Compactor:
         self.schema, self.spec = _schema(manifest, spec)
         # the run's own walk over the manifest left them; compaction takes them (the index
         # below holds them sorted: 8 bytes a row that need not stay twice)
-        hashes = manifest.take_id_hashes() if hasattr(manifest, "take_id_hashes") else None
-        if hashes is None:
+        hashes = getattr(manifest, "id_hashes", None)
+        if hashes is not None:
+            manifest.id_hashes = None
+        else:
             hashes = np.concatenate([hash_ids(ids) for _b, ids, _c in manifest.views()] or [np.empty(0, np.int64)])
         self.chunk_rows = chunk_rows or max(CHUNK_ROWS, -(-len(hashes) // MAX_SPILL_FILES))
         index: IdIndex | None = IdIndex(hashes)

@@ -130,7 +130,7 @@ class Manifest:
         self.num_rows = self._prepass()
         if self.num_rows == 0:
             raise ManifestError(f"{self.path}: manifest has a header but no rows")
-        self.id_hashes: np.ndarray[Any, Any] | None = None  # see rows()
+        self.id_hashes: np.ndarray[Any, Any] | None = None  # see rows(); compaction takes them
 
     # -- opening -------------------------------------------------------------
 
@@ -308,12 +308,6 @@ class Manifest:
             seen += batch.num_rows
             if batch.num_rows:
                 yield batch, ids, contents
-
-    def take_id_hashes(self) -> np.ndarray[Any, Any] | None:
-        """The id hashes the last walk to the end left (see :meth:`rows`), handed over
-        and forgotten here: compaction keeps them sorted in its own index."""
-        hashes, self.id_hashes = self.id_hashes, None
-        return hashes
 
     def rows(self, skip: IdIndex | None = None, first: int | None = None) -> Iterator[list[Row]]:
         """Batches of rows to process, minus those whose request_id is in ``skip``; ``first`` cuts the first batch
