@@ -56,7 +56,8 @@ which gives its seat to the next row meanwhile (so do back-offs), and only
 attempts on the wire hold the slots of :class:`AdaptiveLimit`. The whole pool pauses (:class:`PauseGate`) only when such
 429s cluster (:class:`RetryAfterCluster`): an exponentially weighted count
 (tau = 2 s) of at least 2.5 of them, e.g. three within half a second or four
-within two seconds, making up at least half of the answers of that time. That
+within two seconds, making up at least half of the requests sent in that time
+(not of the answers, which a 429 outruns by a latency). That
 is what a key-wide limit looks like; a tenant's hiccup is not. The pool pause is
 capped at ``backoff_max``; each row still honours its own Retry-After in full.
 
@@ -439,25 +440,42 @@ class PauseGate:
 class RetryAfterCluster:
     """Tells a cluster of Retry-After 429s (a key-wide limit) from a lone one.
 
-    Exponentially weighted counts (time constant ``tau``) of all finished attempts
-    and of 429s with Retry-After; a cluster is a weighted count of at least
-    :data:`CLUSTER_MIN` that is also :data:`CLUSTER_SHARE` of all."""
+    Exponentially weighted counts (time constant ``tau``) of the attempts *sent* and
+    of the 429s with Retry-After that came back; a cluster is a weighted count of at
+    least :data:`CLUSTER_MIN` that is also :data:`CLUSTER_SHARE` of the attempts sent.
+    Not a share of the answers: a 429 comes back at once and an answer a latency
+    later, so the first answers of a run (or every answer window shorter than the
+    latency) hold little else than the random 429s. Counted against answers, the
+    three 429s among a pool's first hundred requests paused the whole pool for their
+    Retry-After at the start of issue 10's unkind fault runs."""
 
     def __init__(self, *, clock: Clock = time.monotonic, tau: float = CLUSTER_TAU) -> None:
         self._clock = clock
         self._tau = tau
         self._stamp = clock()
-        self._all = 0.0
+        self._sent = 0.0
         self._retry_after = 0.0
+
+    def sent(self) -> None:
+        """Account one attempt going on the wire."""
+        self._decay()
+        self._sent += 1.0
 
     def note(self, *, retry_after_429: bool) -> bool:
         """Account one finished attempt; True when Retry-After 429s now cluster."""
+        if not retry_after_429:
+            return False
+        self._decay()
+        self._retry_after += 1.0
+        return self._retry_after >= CLUSTER_MIN and self._retry_after >= CLUSTER_SHARE * self._sent
+
+    def _decay(self) -> None:
         now = self._clock()
-        decay = math.exp(-(now - self._stamp) / self._tau) if now > self._stamp else 1.0
-        self._stamp = now
-        self._all = self._all * decay + 1.0
-        self._retry_after = self._retry_after * decay + (1.0 if retry_after_429 else 0.0)
-        return self._retry_after >= CLUSTER_MIN and self._retry_after >= CLUSTER_SHARE * self._all
+        if now > self._stamp:
+            decay = math.exp(-(now - self._stamp) / self._tau)
+            self._sent *= decay
+            self._retry_after *= decay
+            self._stamp = now
 
 
 class Bucket:
@@ -577,6 +595,7 @@ class Pacer:
         delay = self.book(estimate_tokens)
         if delay > 0:
             await self._sleep(delay)
+        self.cluster.sent()
 
     def book(self, estimate_tokens: int) -> float:
         """Book the next send with the RPM and TPM buckets; seconds until it may go."""
@@ -605,7 +624,6 @@ class Pacer:
         if total_tokens:
             self._tokens_seen += total_tokens
             self._answers_seen += 1
-        self.cluster.note(retry_after_429=False)
         self.slots.record(rate_limited=False, latency=latency)
 
     def failed(self, *, rate_limited: bool, retry_after: float | None) -> float:

@@ -533,12 +533,33 @@ def test_random_retry_after_429s_among_many_answers_never_pause_the_pool() -> No
     paused = 0
     for _ in range(20_000):  # 10 s at 2 000 answers a second, 2.5 % of them 429 with Retry-After
         clock.advance(0.0005)
+        p.cluster.sent()
         if rng.random() < 0.025:
             p.failed(rate_limited=True, retry_after=1.0)
             paused += p.gate.remaining > 0
         else:
             p.answered(100, 0.2)
     assert paused == 0
+
+
+def test_the_first_429s_of_a_run_are_not_a_cluster_though_they_beat_every_answer_back() -> None:
+    # issue 10: a pool sends 100 requests at once; 3 come back at once as 429 + Retry-After,
+    # the 97 answers only a latency later. Counted against answers, 3 of 3 paused the pool.
+    clock = FakeClock()
+    p = pacer(clock)
+    for _ in range(100):
+        p.cluster.sent()
+    clock.advance(0.005)
+    for _ in range(3):
+        p.failed(rate_limited=True, retry_after=1.0)
+    assert p.gate.remaining == 0.0
+    # later, a key-wide limit answers every request sent with one: the pool pauses
+    clock.advance(10.0)
+    for _ in range(20):
+        clock.advance(0.01)
+        p.cluster.sent()
+        p.failed(rate_limited=True, retry_after=1.0)
+    assert p.gate.remaining > 0.0
 
 
 @pytest.mark.parametrize(
