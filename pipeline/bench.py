@@ -47,6 +47,10 @@ Figures of one run (:class:`RunResult`):
   latency waits ended: its own delay, which every client sees as latency and no
   client can win back (0.7-0.9 ms at 500 answers a second, 0.4 % of 200 ms; uvloop
   in the simulator did not change it).
+- ``ideal_send`` (:attr:`RunResult.ideal_send_s`, fault runs): first request to last answer
+  of an ideal client on the same faults (:mod:`pipeline.benchfloor`: no overhead, no
+  back-off, Retry-After exact, a hang holding its seat for the timeout). faults-unkind
+  reports the ideal client's wall / clean wall beside the client's: the dice's share.
 - ``foreign_cpu_share``: cores busy with *other* processes during the run (machine
   total from /proc/stat minus client and simulator); above ``BUSY_SHARE`` the line
   is flagged, since a second job on a 2-core machine halves every figure.
@@ -188,6 +192,7 @@ class RunResult:
     concurrency_final: int | None = None
     limit_min: float | None = None
     sim: SimFigures | None = None
+    ideal_send_s: float | None = None  # an ideal client's first request to last answer, same faults (benchfloor)
     first_request_cpu_s: float | None = None
     interpreter_s: float | None = None
     startup_s: float | None = None
@@ -592,7 +597,20 @@ def measure(spec: RunSpec, work: Path, *, profile: Path | None = None) -> RunRes
         concurrency_final=final,
         limit_min=lowest,
         sim=sim_figures(spec, st),
+        ideal_send_s=_ideal(spec, manifest),
     )
+
+
+def _ideal(spec: RunSpec, manifest: Path) -> float | None:
+    """The ideal client's send phase on this run's faults (pipeline/benchfloor.py); None
+    for the runs it does not model (Ray, a capacity or RPM cap) or that are too long to
+    replay in Python cheaply."""
+    if spec.engine != "asyncio" or spec.capacity is not None or spec.rows > 100_000:
+        return None
+    from .benchfloor import ideal_send_s
+    from .config import DEFAULT_MODEL
+
+    return round(ideal_send_s(spec, manifest, DEFAULT_MODEL), 3)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -678,7 +696,7 @@ def _judge_faults(runs: dict[str, RunResult]) -> list[Check]:
 def _judge_unkind(runs: dict[str, RunResult]) -> list[Check]:
     f, c = runs["faults"], runs["clean"]
     sim = _sim(f)
-    return [
+    checks = [
         at_most(
             "wall / clean wall",
             round(f.wall_s / c.wall_s, 3),
@@ -689,6 +707,12 @@ def _judge_unkind(runs: dict[str, RunResult]) -> list[Check]:
         at_most("wasted requests", sim.wasted, 0),
         at_most("Retry-After violations", sim.retry_after_violations, 0),
     ]
+    if f.ideal_send_s is not None and c.ideal_send_s is not None:
+        # the same ratio for a client with no overhead on these very faults (pipeline/benchfloor.py),
+        # given the start-up and finish the clean run paid: what the dice alone cost
+        ideal = round((f.ideal_send_s + c.wall_s - c.ideal_send_s) / c.wall_s, 3)
+        checks.append(Check("ideal client's wall / clean wall, same faults", ideal, "(reported)", True))
+    return checks
 
 
 def _judge_random_429(runs: dict[str, RunResult]) -> list[Check]:
@@ -900,6 +924,8 @@ def _gateway_part(r: RunResult) -> str:
         return ""
     parts = [f"limit={r.concurrency_final} (min {r.limit_min})"] if not s.fixed_concurrency else []
     parts.append(f"sim_late={sim.sim_late_ms}ms")  # the simulator's own delay: latency no client can win back
+    if r.ideal_send_s is not None and s.fault_rate:
+        parts.append(f"ideal_send={r.ideal_send_s}s")  # an ideal client on the same faults (benchfloor)
     if sim.faults or sim.wasted:
         parts.append(f"faults={sim.faults} wasted={sim.wasted} dup_ok={sim.duplicate_ok}")
     if sim.retry_after_sent:

@@ -315,3 +315,21 @@ def test_structured_scenario_times_both_paths_and_checks_they_agree(tmp_path: Pa
     assert all(c.value > 0 for c in res.checks)
     assert res.checks[-1].name == "column paths agree" and res.checks[-1].passed
     assert "[before: 50-75 us]" in scenario_line(res)
+
+
+@pytest.mark.parametrize(("concurrency", "expected"), [(1, 6.6), (2, 5.2)])
+def test_the_ideal_client_replays_the_simulators_own_fault_plan(tmp_path: Path, concurrency: int,
+                                                                expected: float) -> None:  # fmt: skip
+    # row 0 answers; row 1 hangs once (its seat held for the whole timeout), row 2 gets a
+    # Retry-After: 1 first (its seat given up meanwhile); retries go before fresh rows
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.bench import RunSpec
+    from pipeline.benchfloor import ideal_send_s
+
+    manifest = tmp_path / "m.parquet"
+    questions = ["q", "q [[sim:fault=hang]]", "q [[sim:retry_after=1]]"]
+    pq.write_table(pa.table({"file_url": ["https://x/a.pdf"] * 3, "question": questions}), manifest)
+    spec = RunSpec(rows=3, latency=0.2, concurrency=concurrency, timeout=5.0, retry_after_s=1.0, fault_rate=0.1)
+    assert ideal_send_s(spec, manifest, "gpt-4o-all") == pytest.approx(expected)
