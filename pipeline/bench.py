@@ -608,9 +608,8 @@ def _ideal(spec: RunSpec, manifest: Path) -> float | None:
     if spec.engine != "asyncio" or spec.capacity is not None or spec.rows > 100_000:
         return None
     from .benchfloor import ideal_send_s
-    from .config import DEFAULT_MODEL
 
-    return round(ideal_send_s(spec, manifest, DEFAULT_MODEL), 3)
+    return round(ideal_send_s(spec, manifest), 3)
 
 
 # --------------------------------------------------------------------------- scenarios

@@ -25,39 +25,41 @@ if TYPE_CHECKING:
     from .bench import RunSpec
 
 
-def ideal_send_s(spec: RunSpec, manifest: Path, model: str) -> float:
+def ideal_send_s(spec: RunSpec, manifest: Path) -> float:
     """Seconds from the first request to the last answer of the ideal client (module
-    docstring) on ``manifest``'s rows under ``spec``'s fault mix."""
-    import pyarrow.parquet as pq
-
-    from .config import DEFAULT_TEMPLATE
+    docstring) on ``manifest``'s rows, run with the default settings as the bench's
+    client is, under ``spec``'s fault mix."""
+    from .config import load_config
+    from .manifest import Manifest
     from .simulator.config import SimConfig
+    from .simulator.kinds import IMMEDIATE
     from .simulator.plan import fault_for
 
-    cfg = SimConfig(latency_s=spec.latency, fault_rate=spec.fault_rate, fault_kinds=spec.fault_kinds,
+    sim = SimConfig(latency_s=spec.latency, fault_rate=spec.fault_rate, fault_kinds=spec.fault_kinds,
                     fault_attempts=spec.fault_attempts, retry_after_s=spec.retry_after_s)  # fmt: skip
-    table = pq.read_table(manifest, columns=["file_url", "question"])
-    contents = [DEFAULT_TEMPLATE.format(file_url=u, question=q)
-                for u, q in zip(table["file_url"].to_pylist(), table["question"].to_pylist(), strict=True)]  # fmt: skip
+    cfg = load_config(manifest=str(manifest))
+    # what the client sends, as the client builds it: each row's model and message content
+    requests = [(row.model or cfg.model, row.content) for batch in Manifest(str(manifest), cfg).rows() for row in batch]
+    at_once = {kind.value for kind in IMMEDIATE}  # the gateway's own answers: no latency
     timeout = spec.timeout if spec.timeout is not None else float("inf")
     retry_after = spec.retry_after_s or 0.0
 
     def attempt(row: int, number: int) -> tuple[float, str]:
         """(seconds the attempt holds its seat, what follows: done, again or rest)."""
-        kind = fault_for(cfg, model, contents[row], number)
+        kind = fault_for(sim, *requests[row], number)
         if kind is None:
             return spec.latency, "done"
         if kind == "hang":
             return timeout, "again"
-        if kind in ("429", "429_empty", "capacity_429", "rpm_429"):  # answered at once
+        if kind in at_once:
             return 0.0, "rest" if kind == "429" and retry_after else "again"
         return spec.latency, "again"
 
-    seats, fresh, ready = spec.concurrency, deque(range(len(contents))), deque[int]()
-    tries = [0] * len(contents)
+    seats, fresh, ready = spec.concurrency, deque(range(len(requests))), deque[int]()
+    tries = [0] * len(requests)
     events: list[tuple[float, int, str, int]] = []  # (time, order, what, row)
     now, order, done, last = 0.0, 0, 0, 0.0
-    while done < len(contents):
+    while done < len(requests):
         while seats and (ready or fresh):
             row = ready.popleft() if ready else fresh.popleft()
             seats -= 1

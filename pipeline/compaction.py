@@ -110,10 +110,10 @@ class Compactor:
         else:
             hashes = np.concatenate([hash_ids(ids) for _b, ids, _c in manifest.views()] or [np.empty(0, np.int64)])
         self.chunk_rows = chunk_rows or max(CHUNK_ROWS, -(-len(hashes) // MAX_SPILL_FILES))
-        index: IdIndex | None = IdIndex(hashes)
+        index = IdIndex(hashes)
         del hashes
-        self.in_memory = index is not None and index.has_duplicates  # one outcome for several rows: by id
-        self._index = None if self.in_memory else index
+        self.in_memory = index.has_duplicates  # one outcome for several rows: compacted by id
+        self._index: IdIndex | None = None if self.in_memory else index
         self.spill_dir = run_dir.journal / ".spill"
         shutil.rmtree(self.spill_dir, ignore_errors=True)
         if not self.in_memory:

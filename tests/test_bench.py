@@ -332,4 +332,4 @@ def test_the_ideal_client_replays_the_simulators_own_fault_plan(tmp_path: Path, 
     questions = ["q", "q [[sim:fault=hang]]", "q [[sim:retry_after=1]]"]
     pq.write_table(pa.table({"file_url": ["https://x/a.pdf"] * 3, "question": questions}), manifest)
     spec = RunSpec(rows=3, latency=0.2, concurrency=concurrency, timeout=5.0, retry_after_s=1.0, fault_rate=0.1)
-    assert ideal_send_s(spec, manifest, "gpt-4o-all") == pytest.approx(expected)
+    assert ideal_send_s(spec, manifest) == pytest.approx(expected)
